@@ -1,0 +1,98 @@
+"""The top-level Python API: `build` a model + processor from a preset, YAML file or config; `load`/`save` them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import atomic_directory, load_into, load_weights, read_config, remove_stale_weights
+from .config import VLMConfig, apply_overrides, load_mapping
+from .errors import CheckpointError, ConfigError
+from .models.language import load_tokenizer
+from .models.vlm import VLMModel
+from .processing import ImageTransform, VLMProcessor
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config(spec: str | Path | VLMConfig | dict[str, Any], overrides: list[str] | None = None) -> VLMConfig:
+    """A preset name, a YAML/JSON file, a dict or a VLMConfig -> validated VLMConfig (with `a.b=c` overrides)."""
+    if isinstance(spec, VLMConfig):
+        data = spec.to_dict()
+    elif isinstance(spec, dict):
+        data = dict(spec)
+    else:
+        path = Path(spec)
+        if path.suffix in (".yaml", ".yml", ".json") or path.is_file():
+            data = load_mapping(path)
+            data = data["model"] if isinstance(data.get("model"), dict) and "vision" not in data else data
+        elif (PRESETS_DIR / f"{spec}.yaml").is_file():
+            data = load_mapping(PRESETS_DIR / f"{spec}.yaml")
+        else:
+            raise ConfigError(
+                f"'{spec}' is neither a preset nor a config file; presets: {', '.join(list_presets())}"
+            )
+    if overrides:
+        apply_overrides(data, overrides)
+    return VLMConfig.from_dict(data)
+
+
+def build(
+    spec: str | Path | VLMConfig | dict[str, Any], overrides: list[str] | None = None
+) -> tuple[VLMModel, VLMProcessor]:
+    """Build a model (random init, or pretrained parts named in the config) and its processor."""
+    config = resolve_config(spec, overrides)
+    tokenizer = load_tokenizer(config.language)
+    model = VLMModel(config, tokenizer)
+    return model, processor_for(model, tokenizer)
+
+
+def processor_for(model: VLMModel, tokenizer: Any) -> VLMProcessor:
+    cfg = model.config
+    return VLMProcessor(tokenizer, ImageTransform.from_vision_config(cfg.vision), cfg.template,
+                        model.num_image_tokens, cfg.max_length)
+
+
+def load(
+    directory: str | Path, dtype: torch.dtype | str | None = None, device: torch.device | str | None = None
+) -> tuple[VLMModel, VLMProcessor]:
+    """Load a model directory written by `save_pretrained` / `save` (config.json, safetensors, processor)."""
+    directory = Path(directory)
+    data = read_config(directory)
+    try:
+        config = VLMConfig.from_dict(data)
+    except ConfigError as e:
+        raise CheckpointError(f"{directory / 'config.json'}: {e}") from None
+    if dtype is not None:
+        config.dtype = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    processor = VLMProcessor.from_pretrained(directory)
+    model = VLMModel(config, processor.tokenizer)
+    load_into(model, load_weights(directory), directory)
+    if processor.num_image_tokens != model.num_image_tokens:
+        raise CheckpointError(
+            f"{directory}: processor_config.json says {processor.num_image_tokens} image tokens but the model "
+            f"emits {model.num_image_tokens}"
+        )
+    if device is not None:
+        model.to(device)
+    return model.eval(), processor
+
+
+def save(model: VLMModel, processor: VLMProcessor, directory: str | Path, max_shard_size: int | str = "5GB") -> Path:
+    """Write model and processor into `directory` in one atomic step."""
+    directory = Path(directory)
+    with atomic_directory(directory) as tmp:
+        model.save_pretrained(tmp / "m", max_shard_size)
+        processor.save_pretrained(tmp / "m")
+        written = {f.name for f in (tmp / "m").iterdir()}
+        for name in written:
+            (tmp / "m" / name).rename(tmp / name)
+        (tmp / "m").rmdir()
+    remove_stale_weights(directory, keep=written)
+    return directory

@@ -1,0 +1,1 @@
+"""The `vlmkit` command line: one subcommand per module in this package."""
