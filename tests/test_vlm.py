@@ -146,3 +146,24 @@ def test_frozen_flags_and_counts():
     counts = model.parameter_counts()
     assert counts["vision_tower"][1] == 0 and counts["connector"][1] == counts["connector"][0] > 0
     assert counts["language_model"][1] == counts["language_model"][0]
+
+
+@pytest.mark.parametrize("preset", ["llava-tiny", "codefuse-tiny"])
+def test_label_only_logits_give_the_same_loss_and_grads(preset, image):
+    torch.manual_seed(0)
+    model, processor = vlmkit.build(preset)
+    text_only = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi there."}]
+    batch = processor(images=[[image], []], messages=[CONVERSATION, text_only])
+    full = model(**batch, labels=batch["labels"])
+    full.loss.backward()
+    g_full = [p.grad.clone() for p in model.connector.parameters()]
+    model.zero_grad()
+    fast = model(**batch, labels=batch["labels"], logits_to_keep="labels")
+    fast.loss.backward()
+    torch.testing.assert_close(fast.loss, full.loss)
+    for a, p in zip(g_full, model.connector.parameters()):
+        torch.testing.assert_close(p.grad, a)
+    n_labels = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert fast.logits.shape == (n_labels, full.logits.shape[-1])
+    last = model(**batch, logits_to_keep="last")
+    torch.testing.assert_close(last.logits[:, -1], full.logits[:, -1])

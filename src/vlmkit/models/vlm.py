@@ -23,7 +23,7 @@ from ..errors import VlmkitError
 from .connectors import ConnectorContext, build_connector
 from .fusion import build_fusion
 from .language import build_language_model, language_hf_config_dict
-from .loss import causal_lm_loss
+from .loss import causal_lm_loss, selected_logits_loss
 from .vision import build_vision_encoder
 
 logger = logging.getLogger(__name__)
@@ -148,9 +148,16 @@ class VLMModel(nn.Module):
         use_cache: bool | None = None,
         image_features: torch.Tensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        logits_to_keep: str = "all",
     ) -> VLMOutput:
         """Loss (when `labels` are given) and logits; with `past_key_values`, `input_ids` are the new tokens
-        and `attention_mask` covers cached + new tokens."""
+        and `attention_mask` covers cached + new tokens.
+
+        `logits_to_keep`: "all" ([B, L, V]); "last" ([B, 1, V], for generation); "labels" (training fast path:
+        only the positions that predict a label are projected to the vocabulary, logits [T, V]).
+        """
+        if logits_to_keep not in ("all", "last", "labels"):
+            raise VlmkitError(f"logits_to_keep='{logits_to_keep}'; allowed: all, last, labels")
         embeds = self.embed(input_ids, pixel_values, image_features)  # [B, L, D]
         if position_ids is None and attention_mask is not None:
             if self.fusion is not None and past_key_values is None and token_type_ids is not None:
@@ -158,16 +165,30 @@ class VLMModel(nn.Module):
             if position_ids is None:
                 position_ids = positions_from_mask(attention_mask, input_ids.shape[1])  # [B, L]
         extra = self.fusion.forward_kwargs(token_type_ids, position_ids) if self.fusion is not None else {}
-        out = self.language_model(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            **extra,
-        )
+        inputs = dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                      past_key_values=past_key_values, use_cache=use_cache, **extra)
+        if logits_to_keep == "labels" and labels is not None and self._head_is_plain():
+            lm = _unwrap(self.language_model)
+            out = lm.base_model(**inputs)
+            loss, logits = selected_logits_loss(
+                out.last_hidden_state, lm.get_output_embeddings(), labels, num_items_in_batch
+            )
+            return VLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        if logits_to_keep == "last":
+            inputs["logits_to_keep"] = 1
+        out = self.language_model(**inputs)
         loss = None if labels is None else causal_lm_loss(out.logits, labels, num_items_in_batch)
         return VLMOutput(loss=loss, logits=out.logits, past_key_values=out.past_key_values)
+
+    def _head_is_plain(self) -> bool:
+        """True when logits are exactly `lm_head(last_hidden_state)` (no soft-capping/scaling, no prefix
+        tuning wrapper), so the label-only projection gives the same loss."""
+        lm = _unwrap(self.language_model)
+        if lm is not self.language_model and type(self.language_model).__name__.startswith("PeftModel"):
+            if getattr(self.language_model, "peft_type", None) not in (None, "LORA"):
+                return False
+        cfg = lm.config
+        return not any(getattr(cfg, a, None) for a in _LOGIT_TRANSFORMS) and lm.get_output_embeddings() is not None
 
     # ------------------------------------------------------------------------------------- checkpoints
     def resolved_config(self) -> VLMConfig:
@@ -185,6 +206,16 @@ class VLMModel(nn.Module):
         from ..checkpoint import save_model_dir
 
         return save_model_dir(self, Path(directory), max_shard_size)
+
+
+# Config attributes of LMs whose logits are not a plain projection of the last hidden state.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling")
+
+
+def _unwrap(lm: nn.Module) -> nn.Module:
+    """The transformers causal LM inside a peft wrapper (LoRA layers stay in place), or `lm` itself."""
+    get_base = getattr(lm, "get_base_model", None)
+    return get_base() if callable(get_base) else lm
 
 
 def positions_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
