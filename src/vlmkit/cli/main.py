@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VlmkitError
-from . import demo, info
+from . import ask, chat, demo, info
 
-COMMANDS = {"demo": demo, "info": info}
+COMMANDS = {"demo": demo, "ask": ask, "chat": chat, "info": info}
 
 
 def parser() -> argparse.ArgumentParser:
