@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VlmkitError
-from . import ask, chat, demo, info
+from . import ask, chat, data, demo, info
 
-COMMANDS = {"demo": demo, "ask": ask, "chat": chat, "info": info}
+COMMANDS = {"demo": demo, "ask": ask, "chat": chat, "data": data, "info": info}
 
 
 def parser() -> argparse.ArgumentParser:
