@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,16 @@ def processor_for(model: VLMModel, tokenizer: Any) -> VLMProcessor:
 
 
 def load(
-    directory: str | Path, dtype: torch.dtype | str | None = None, device: torch.device | str | None = None
+    directory: str | Path,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    adapter: str | None = None,
 ) -> tuple[VLMModel, VLMProcessor]:
-    """Load a model directory written by `save_pretrained` / `save` (config.json, safetensors, processor)."""
+    """Load a model directory written by `save_pretrained` / `save` (config.json, safetensors, processor).
+
+    With `adapters/<name>/` in the directory, `adapter=name` applies that adapter (LoRA / QLoRA / prefix);
+    `adapter=None` applies the only one there (an error when there are several), none when there is none.
+    """
     directory = Path(directory)
     data = read_config(directory)
     try:
@@ -74,6 +82,7 @@ def load(
     processor = VLMProcessor.from_pretrained(directory)
     model = VLMModel(config, processor.tokenizer)
     load_into(model, load_weights(directory), directory)
+    _apply_adapter(model, directory, adapter)
     if processor.num_image_tokens != model.num_image_tokens:
         raise CheckpointError(
             f"{directory}: processor_config.json says {processor.num_image_tokens} image tokens but the model "
@@ -88,7 +97,12 @@ def save(model: VLMModel, processor: VLMProcessor, directory: str | Path, max_sh
     """Write model and processor into `directory` in one atomic step."""
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
-        model.save_pretrained(tmp / "m", max_shard_size)
+        if _has_adapter(model):
+            from .train.peft import save_peft_model
+
+            save_peft_model(model, tmp / "m", max_shard_size)  # base weights + adapters/<name>/
+        else:
+            model.save_pretrained(tmp / "m", max_shard_size)
         processor.save_pretrained(tmp / "m")
         written = {f.name for f in (tmp / "m").iterdir()}
         for name in written:
@@ -96,3 +110,21 @@ def save(model: VLMModel, processor: VLMProcessor, directory: str | Path, max_sh
         (tmp / "m").rmdir()
     remove_stale_weights(directory, keep=written)
     return directory
+
+
+def _apply_adapter(model: VLMModel, directory: Path, adapter: str | None) -> None:
+    if adapter is None and not (directory / "adapters").is_dir():
+        return
+    from .train.peft import find_adapter, load_adapter
+
+    path = find_adapter(directory, adapter)
+    if path is not None:
+        load_adapter(model, path)
+
+
+def _has_adapter(model: VLMModel) -> bool:
+    if "peft" not in sys.modules:  # no adapter without peft having been imported
+        return False
+    from .train.peft import adapter_method
+
+    return adapter_method(model) != "none"

@@ -8,9 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VlmkitError
-from . import ask, chat, data, demo, info
+from . import ask, chat, data, demo, info, merge_lora, train
 
-COMMANDS = {"demo": demo, "ask": ask, "chat": chat, "data": data, "info": info}
+COMMANDS = {
+    "demo": demo, "ask": ask, "chat": chat, "train": train, "merge-lora": merge_lora, "data": data,
+    "info": info,
+}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,0 +1,315 @@
+"""Training: stages lower the loss, accumulation normalization, exact resume, checkpoints, metrics, config
+overrides, the resumable sampler and DDP (2 processes of batch B == 1 process of batch 2B).
+
+Tiny presets and a few steps only."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+import vlmkit
+from conftest import make_image
+from vlmkit.api import PRESETS_DIR
+from vlmkit.cli import train as cli_train
+from vlmkit.data.sample import Sample
+from vlmkit.errors import ConfigError, VlmkitError
+from vlmkit.train import state as st
+from vlmkit.train.config import RunConfig
+from vlmkit.train.dataset import ResumableSampler, SampleDataset, epoch_permutation
+from vlmkit.train.loop import accumulate_gradients, build_model, check_config, train
+from vlmkit.train.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_PEFT = importlib.util.find_spec("vlmkit.train.peft") is not None
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def run_dict(out: Path, **extra: Any) -> dict[str, Any]:
+    base = {
+        "model": "llava-tiny",
+        "stage": "sft",
+        "data": {"synthetic": {"kind": "shapes", "n": 16, "seed": 0, "image_size": 32}},
+        "train": {"lr": 3e-3, "batch_size": 4, "max_steps": 4, "warmup_steps": 1, "log_every": 1, "seed": 0},
+        "output_dir": str(out),
+    }
+    return merge(base, extra)
+
+
+def make_cfg(out: Path, **extra: Any) -> RunConfig:
+    return RunConfig.from_dict(run_dict(out, **extra))
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+
+
+def collect(into: list[float], stop_at: int | None = None):
+    def callback(step: int, record: dict[str, Any]) -> None:
+        into.append(record["loss"])
+        if step == stop_at:
+            raise KeyboardInterrupt("simulated kill")
+
+    return callback
+
+
+# ------------------------------------------------------------------------------------------- stages
+@pytest.mark.parametrize("stage", ["align", "sft", "full"])
+def test_tiny_run_per_stage_lowers_loss_and_freezes(tmp_path: Path, stage: str) -> None:
+    cfg = make_cfg(tmp_path / stage, stage=stage, data={"synthetic": {"n": 8}},
+                   train={"lr": 1e-2 if stage == "align" else 3e-3, "max_steps": 6, "schedule": "constant"})
+    losses: list[float] = []
+    final = train(cfg, callback=collect(losses))
+    assert sum(losses[-2:]) < sum(losses[:2]), losses
+    trained, _ = vlmkit.load(final)
+    start, _ = build_model(cfg)  # the same seeded initial weights
+    before, after = start.state_dict(), trained.state_dict()
+    changed = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
+    expected = {"align": {"connector"}, "sft": {"connector", "language_model"},
+                "full": {"vision_tower", "connector", "language_model"}}[stage]
+    assert changed == expected
+
+
+# ------------------------------------------------------------------------------------- accumulation
+def _samples() -> list[Sample]:
+    answers = ["red", "two blue circles and one green square", "3",
+               "the square is left of the circle, at the top"]
+    return [Sample(f"s{i}", [{"role": "user", "content": "<image>\nDescribe."},
+                             {"role": "assistant", "content": a}], [make_image(i, 32)])
+            for i, a in enumerate(answers)]
+
+
+def test_accumulation_normalizes_by_all_label_tokens() -> None:
+    torch.manual_seed(0)
+    model, processor = vlmkit.build("llava-tiny")
+    twin = copy.deepcopy(model)
+    ds = SampleDataset(_samples(), processor)
+    micro = [processor.collate([ds[0], ds[1]]), processor.collate([ds[2], ds[3]])]
+    whole = [processor.collate([ds[i] for i in range(4)])]
+    loss_micro, n_micro = accumulate_gradients(model, micro)
+    loss_whole, n_whole = accumulate_gradients(twin, whole)
+    assert n_micro == n_whole > 0
+    torch.testing.assert_close(loss_micro, loss_whole, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # the naive mean of per-micro-batch means is a different number: the test above is not vacuous
+    with torch.no_grad():
+        naive = sum(float(twin(**b, labels=b["labels"]).loss) for b in micro) / 2
+    assert abs(naive - loss_whole) > 1e-3
+
+
+def test_grad_accum_run_equals_big_batch_run(tmp_path: Path) -> None:
+    a = train(make_cfg(tmp_path / "a", train={"batch_size": 2, "grad_accum": 2, "max_steps": 3})).parent
+    b = train(make_cfg(tmp_path / "b", train={"batch_size": 4, "grad_accum": 1, "max_steps": 3})).parent
+    torch.testing.assert_close(train_losses(a), train_losses(b), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- resume
+def _dropout_model() -> dict[str, Any]:
+    """llava-tiny with attention dropout, so the resumed run must restore the RNG to match."""
+    spec = yaml.safe_load((PRESETS_DIR / "llava-tiny.yaml").read_text())
+    spec["language"]["hf_config"] = {"attention_dropout": 0.2}
+    return spec
+
+
+def test_exact_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    extra = {"model": _dropout_model(), "train": {"max_steps": 6, "save_every": 3, "keep_last": 5}}
+    full: list[float] = []
+    final_a = train(make_cfg(tmp_path / "a", **extra), callback=collect(full))
+    cut: list[float] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(tmp_path / "b", **extra), callback=collect(cut, stop_at=4))
+    assert st.latest_checkpoint(tmp_path / "b").name == "checkpoint-3"
+    with pytest.raises(VlmkitError, match="previous run"):
+        train(make_cfg(tmp_path / "b", **extra))
+    resumed: list[float] = []
+    final_b = train(make_cfg(tmp_path / "b", **extra), resume=True, callback=collect(resumed))
+    assert cut[:3] == full[:3] and resumed == full[3:]  # bit-identical, step by step
+    assert train_losses(tmp_path / "b") == full  # metrics.jsonl: steps 4.. of the killed run were replaced
+    wa, wb = vlmkit.load(final_a)[0].state_dict(), vlmkit.load(final_b)[0].state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path: Path) -> None:
+    losses: list[float] = []
+    train(make_cfg(tmp_path / "r", train={"max_steps": 2}), resume=True, callback=collect(losses))
+    assert len(losses) == 2 and len(train_losses(tmp_path / "r")) == 2
+
+
+# -------------------------------------------------------------------------------------- checkpoints
+def test_checkpoints_keep_last_best_and_loadable(tmp_path: Path) -> None:
+    run = tmp_path / "ck"
+    cfg = make_cfg(run, data={"synthetic": {"valid_n": 4}},
+                   train={"max_steps": 5, "save_every": 1, "keep_last": 2, "lr": 3e-2})
+    train(cfg)
+    evals = {r["step"]: r["valid_loss"] for r in read_metrics(run / "metrics.jsonl") if "valid_loss" in r}
+    assert sorted(evals) == [1, 2, 3, 4, 5]  # every checkpoint is evaluated
+    best = min(evals, key=evals.get)
+    steps = sorted(s for s, _ in st.list_checkpoints(run))
+    assert steps == sorted({4, 5, best})
+    assert (run / "checkpoint-best").resolve() == (run / f"checkpoint-{best}").resolve()
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    ts = json.loads((run / "checkpoint-5" / "training_state" / "trainer_state.json").read_text())
+    assert ts["step"] == 5 and ts["position"] == 5 * 4 and ts["best"]["step"] == best
+    model, _ = vlmkit.load(run / "checkpoint-best")
+    assert isinstance(model, vlmkit.VLMModel)
+    assert not list(run.rglob("*.pt")) and not list(run.rglob("*.bin"))  # no pickle anywhere
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    rng = [st.capture_rng()]
+    st.write_checkpoint(tmp_path, 7, lambda d: (d / "weights").write_text("old"), opt, sched, {}, rng)
+
+    def broken(directory: Path) -> None:
+        (directory / "weights").write_text("new")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        st.write_checkpoint(tmp_path, 7, broken, opt, sched, {}, [st.capture_rng()])
+    with pytest.raises(OSError):
+        st.write_checkpoint(tmp_path, 8, broken, opt, sched, {}, [st.capture_rng()])
+    assert (tmp_path / "checkpoint-7" / "weights").read_text() == "old"
+    assert not (tmp_path / "checkpoint-8").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-7"]
+    (tmp_path / "checkpoint-9").mkdir()  # incomplete (no training state): never resumed from
+    assert st.latest_checkpoint(tmp_path).name == "checkpoint-7"
+
+
+def test_optimizer_state_round_trips_without_pickle(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    st.save_tree(tmp_path, "optimizer", opt.state_dict())
+    back = st.load_tree(tmp_path, "optimizer")
+    ref = opt.state_dict()
+    assert back["param_groups"] == json.loads(json.dumps(ref["param_groups"]))
+    for i, s in ref["state"].items():
+        for k, v in s.items():
+            assert torch.equal(back["state"][i][k], v)
+
+
+# ---------------------------------------------------------------------------------- metrics and plot
+def test_metrics_plot_and_config_written(tmp_path: Path) -> None:
+    run = tmp_path / "m"
+    cfg = make_cfg(run, data={"synthetic": {"valid_n": 4}, "eval_generate": True, "eval_max_samples": 3},
+                   train={"max_steps": 4, "log_every": 2, "eval_every": 2})
+    assert train(cfg) == run / "final"
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == [2, 4]
+    assert all({"lr", "grad_norm", "samples_per_s", "epoch"} <= set(r) for r in records if "loss" in r)
+    evals = [r for r in records if "valid_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(0.0 <= r["valid_accuracy"] <= 1.0 and r["valid_generated"] == 3 for r in evals)
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert RunConfig.from_file(run / "config.yaml").to_dict() == cfg.to_dict()
+    vlmkit.load(run / "final")
+
+
+# ------------------------------------------------------------------------------------ config / CLI
+def test_set_overrides_and_unknown_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(run_dict(tmp_path / "out")))
+    cfg = RunConfig.from_file(path, ["train.lr=0.5", "data.synthetic.n=7", "stage=align", "train.bf16=true"])
+    assert (cfg.train.lr, cfg.data.synthetic["n"], cfg.stage, cfg.train.bf16) == (0.5, 7, "align", True)
+    with pytest.raises(ConfigError, match="bogus"):
+        RunConfig.from_file(path, ["train.bogus=1"])
+    assert cli_train.main([str(path), "--set", "train.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "bogus" in err and "\n" not in err
+    bad_model = run_dict(tmp_path / "out", model={"vision": {"bogus": 1}})
+    with pytest.raises(ConfigError, match="bogus"):
+        train(RunConfig.from_dict(bad_model))
+    with pytest.raises(ConfigError, match="colour"):
+        train(make_cfg(tmp_path / "out", data={"synthetic": {"colour": 1}}))
+    with pytest.raises(ConfigError, match="best_metric"):
+        train(make_cfg(tmp_path / "out", train={"best_metric": "bleu"}))
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("name", ["shapes_llava_tiny", "captcha_lora", "align_caption"])
+def test_example_configs_are_valid(name: str) -> None:
+    cfg = RunConfig.from_file(ROOT / "configs" / f"{name}.yaml")
+    check_config(cfg)
+
+
+# ------------------------------------------------------------------------------------------ sampler
+def test_sampler_is_resumable_and_shards_like_one_process() -> None:
+    n, seed = 10, 3
+    assert (epoch_permutation(n, seed, 1) == epoch_permutation(n, seed, 1)).all()
+    assert not (epoch_permutation(n, seed, 0) == epoch_permutation(n, seed, 1)).all()
+    whole = list(ResumableSampler(n, seed, length=26))  # crosses two epoch boundaries
+    assert sorted(whole[:10]) == list(range(10)) and sorted(whole[10:20]) == list(range(10))
+    assert list(ResumableSampler(n, seed, start=7, length=19)) == whole[7:]
+    ranks = [list(ResumableSampler(n, seed, rank=r, world_size=2, start=4, length=22)) for r in range(2)]
+    assert [i for pair in zip(*ranks) for i in pair] == whole[4:]
+    s = ResumableSampler(n, seed, start=12)
+    t = ResumableSampler(n, seed)
+    t.load_state_dict(s.state_dict())
+    assert list(t) == list(s)
+
+
+# ----------------------------------------------------------------------------------------------- PEFT
+@pytest.mark.skipif(not HAS_PEFT, reason="vlmkit.train.peft is not available yet")
+def test_lora_run_lowers_loss_and_resumes_exactly(tmp_path: Path) -> None:
+    extra = {"peft": {"method": "lora"}, "lora": {"rank": 4, "dropout": 0.1},
+             "train": {"max_steps": 4, "save_every": 2, "lr": 1e-2}}
+    full: list[float] = []
+    final = train(make_cfg(tmp_path / "a", **extra), callback=collect(full))
+    assert full[-1] < full[0]
+    assert (tmp_path / "a" / "checkpoint-4" / "adapters" / "default").is_dir()  # checkpoints hold the adapter
+    model, _ = vlmkit.load(final)  # final/ is a whole model directory with the adapter applied on load
+    assert any("lora" in name for name, _ in model.named_parameters())
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(tmp_path / "b", **extra), callback=collect([], stop_at=3))
+    resumed: list[float] = []
+    train(make_cfg(tmp_path / "b", **extra), resume=True, callback=collect(resumed))
+    assert resumed == full[2:]
+
+
+# ------------------------------------------------------------------------------------------------ DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path: Path) -> None:
+    """torchrun, 2 ranks (gloo) x batch 2 == 1 process x batch 4: the same loss at every step."""
+    extra = {"data": {"synthetic": {"n": 12}}, "train": {"max_steps": 3, "warmup_steps": 0}}
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(run_dict(tmp_path / "ddp", **merge(extra, {"train": {"batch_size": 2}}))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "vlmkit.cli.train", str(path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    single = train(make_cfg(tmp_path / "one", **merge(extra, {"train": {"batch_size": 4}}))).parent
+    ddp_losses, one_losses = train_losses(tmp_path / "ddp"), train_losses(single)
+    assert len(ddp_losses) == 3
+    torch.testing.assert_close(ddp_losses, one_losses, rtol=1e-5, atol=1e-5)
+    ts = json.loads((tmp_path / "ddp" / "checkpoint-3" / "training_state" / "trainer_state.json").read_text())
+    assert ts["world_size"] == 2 and len(ts["rng"]) == 2 and ts["global_batch"] == 4
