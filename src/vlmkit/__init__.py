@@ -8,6 +8,12 @@
 
 __version__ = "0.1.0"
 
+import logging as _logging  # noqa: E402
+
+# bitsandbytes (imported by peft) warns on every start that it cannot fetch an optional CPU kernel from the Hub;
+# vlmkit never downloads at run time and the fallback kernel is used, so the warning is only noise.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+
 from .api import build, list_presets, load, save  # noqa: E402
 from .config import ConnectorConfig, LanguageConfig, VisionConfig, VLMConfig  # noqa: E402
 from .constants import IGNORE_INDEX, IMAGE_TOKEN  # noqa: E402

@@ -19,7 +19,7 @@ from transformers import DynamicCache
 
 from ..errors import VlmkitError
 from ..models.vlm import VLMModel, positions_from_mask
-from ..processing import ImageInput, VLMProcessor
+from ..processing import Encoded, ImageInput, VLMBatch, VLMProcessor
 from ..templates import Template, get_template
 from .sampling import GenerationConfig, TokenChooser
 
@@ -150,6 +150,17 @@ class Engine:
         reqs = [as_request(r) for r in requests]
         batch = self.processor(images=[list(r.images) for r in reqs], messages=[list(r.messages) for r in reqs],
                                template=self.template, add_generation_prompt=True, padding_side="left")
+        return self.prefill_from_batch(batch)
+
+    def prepare_encoded(self, encoded: Sequence[Encoded]) -> Prefill:
+        """Like `prepare`, for prompts already tokenized by `processor.encode` (the server does that off the
+        decoding thread, to check lengths before a request is queued)."""
+        if not encoded:
+            raise VlmkitError("no requests to generate for")
+        return self.prefill_from_batch(self.processor.collate(encoded, padding_side="left"))
+
+    def prefill_from_batch(self, batch: VLMBatch) -> Prefill:
+        """A left-padded `VLMBatch` -> `Prefill` on the model's device, with every image encoded once."""
         device = self.model.device
         ids = batch["input_ids"].to(device)  # [B, L]
         mask = batch["attention_mask"].to(device)  # [B, L]

@@ -26,8 +26,9 @@ class DataConfig:
     """Training data file or image folder (any supported format)."""
     valid: str | None = None
     """Validation data (same formats); None = no evaluation."""
-    synthetic: dict[str, Any] | None = None
-    """Instead of files: {kind: shapes|captcha|caption, n: 20000, seed: 0, valid_n: 200, ...options}."""
+    synthetic: dict[str, Any] | list[dict[str, Any]] | None = None
+    """Instead of files: {kind: shapes|captcha|caption, n: 20000, seed: 0, valid_n: 200, ...options},
+    or a list of such entries for a mixture of tasks."""
     image_root: str | None = None
     format: str | None = None
     skip_bad: bool = False

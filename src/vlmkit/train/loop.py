@@ -90,20 +90,27 @@ def load_data(cfg: RunConfig) -> tuple[list[Sample], list[Sample]]:
     """(train, valid) samples from data files or `data.synthetic`; valid is [] without a validation split."""
     d = cfg.data
     if d.synthetic is not None:
-        from ..data.synthetic import generate
-
-        opts = dict(d.synthetic)
-        kind = opts.pop("kind", None)
-        if kind is None:
-            raise ConfigError("data.synthetic: needs 'kind' (shapes, captcha or caption)")
-        n, seed, valid_n = int(opts.pop("n", 1000)), int(opts.pop("seed", 0)), int(opts.pop("valid_n", 0))
-        train = generate(kind, n, seed, **opts)
-        valid = generate(kind, valid_n, seed + VALID_SEED_OFFSET, **opts) if valid_n > 0 else []
-        return train, valid
+        entries = d.synthetic if isinstance(d.synthetic, list) else [d.synthetic]
+        parts = [synthetic_split(entry, i) for i, entry in enumerate(entries)]
+        return [s for t, _ in parts for s in t], [s for _, v in parts for s in v]
     from ..data.formats import load_samples
 
     train, _ = load_samples(d.train, d.image_root, d.format, d.skip_bad)
     valid = load_samples(d.valid, d.image_root, d.format, d.skip_bad)[0] if d.valid else []
+    return train, valid
+
+
+def synthetic_split(entry: dict[str, Any], index: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """(train, valid) samples of one `data.synthetic` entry; valid uses a disjoint seed."""
+    from ..data.synthetic import generate
+
+    opts = dict(entry)
+    kind = opts.pop("kind", None)
+    if kind is None:
+        raise ConfigError(f"data.synthetic[{index}]: needs 'kind' (shapes, captcha or caption)")
+    n, seed, valid_n = int(opts.pop("n", 1000)), int(opts.pop("seed", 0)), int(opts.pop("valid_n", 0))
+    train = generate(kind, n, seed, **opts)
+    valid = generate(kind, valid_n, seed + VALID_SEED_OFFSET, **opts) if valid_n > 0 else []
     return train, valid
 
 
