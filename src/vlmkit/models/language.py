@@ -68,7 +68,8 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
 
 
 def hf_language_config(config: LanguageConfig, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
-    """The transformers config for a from-scratch LM: `hf_config` first, then vlmkit's size fields on top.
+    """The transformers config for a from-scratch LM: vlmkit's size fields, with `hf_config` keys winning
+    (as on the vision side), and the tokenizer's vocabulary and special ids.
 
     Everything is passed to the config's constructor, so derived fields (e.g. per-layer types) stay consistent.
     """
@@ -89,11 +90,9 @@ def hf_language_config(config: LanguageConfig, tokenizer: PreTrainedTokenizerBas
     if config.rope_theta is not None and isinstance(getattr(probe, "rope_parameters", None), dict):
         sizes["rope_parameters"] = {**(extra.get("rope_parameters") or probe.rope_parameters),
                                     "rope_theta": config.rope_theta}
-    if "layer_types" in extra and len(extra["layer_types"]) != sizes.get("num_hidden_layers", len(extra["layer_types"])):
-        extra.pop("layer_types")
     special = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-    return config_cls(**{**extra, **sizes, **special})
+    return config_cls(**{**sizes, **extra, **special})
 
 
 def _config_class(model_type: str) -> type[PretrainedConfig]:

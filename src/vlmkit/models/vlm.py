@@ -22,7 +22,7 @@ from ..constants import IMAGE_TOKEN
 from ..errors import VlmkitError
 from .connectors import ConnectorContext, build_connector
 from .fusion import build_fusion
-from .language import build_language_model, language_hf_config_dict
+from .language import build_language_model, language_hf_config_dict, record_language_sizes
 from .loss import causal_lm_loss, selected_logits_loss
 from .vision import build_vision_encoder
 
@@ -197,6 +197,7 @@ class VLMModel(nn.Module):
         cfg.vision.hf_config = self.vision_tower.hf_config_dict() or cfg.vision.hf_config
         cfg.vision.pretrained = None
         cfg.language.hf_config = language_hf_config_dict(self.language_model)
+        record_language_sizes(cfg.language, _unwrap(self.language_model).config)
         cfg.language.pretrained = None
         cfg.language.tokenizer = None
         return cfg
