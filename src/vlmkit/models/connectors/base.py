@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -52,6 +53,28 @@ class Connector(nn.Module, ABC):
                 f"{self.ctx.num_patches} features are not one (set vision.drop_cls: true)"
             )
         return self.ctx.grid
+
+
+def feature_grid(num_patches: int, grid: tuple[int, int], who: str) -> tuple[int, int]:
+    """Grid of `num_patches` features: the context's `grid` when it matches, else a square one."""
+    if grid[0] * grid[1] == num_patches:
+        return grid
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ConfigError(
+            f"connector '{who}': {num_patches} features are neither the configured {grid[0]}x{grid[1]} "
+            "patch grid nor a square grid"
+        )
+    return side, side
+
+
+def check_divisible(grid: tuple[int, int], factor: int, who: str) -> None:
+    """Raise a ConfigError unless both sides of `grid` are multiples of `factor`."""
+    if grid[0] % factor or grid[1] % factor:
+        raise ConfigError(
+            f"connector '{who}': the {grid[0]}x{grid[1]} patch grid is not divisible by factor={factor}; "
+            "pick a factor that divides both sides (or change vision.image_size / patch_size)"
+        )
 
 
 CONNECTORS: Registry[type[Connector]] = Registry("connector")

@@ -16,8 +16,7 @@ from torch import nn
 
 from ...config import ConnectorConfig
 from ...errors import ConfigError
-from .base import CONNECTORS, Connector, ConnectorContext, build_connector
-from .pixel_shuffle import check_divisible, feature_grid
+from .base import CONNECTORS, Connector, ConnectorContext, build_connector, check_divisible, feature_grid
 
 
 @CONNECTORS.register("conv_downsample")

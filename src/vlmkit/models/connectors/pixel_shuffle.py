@@ -7,36 +7,13 @@ features concatenated, N -> N / factor^2) and the projection `linear_1` [, GELU,
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ...errors import ConfigError
-from .base import CONNECTORS, Connector, ConnectorContext
-
-
-def feature_grid(num_patches: int, grid: tuple[int, int], who: str) -> tuple[int, int]:
-    """Grid of `num_patches` features: the context's `grid` when it matches, else a square one."""
-    if grid[0] * grid[1] == num_patches:
-        return grid
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise ConfigError(
-            f"connector '{who}': {num_patches} features are neither the configured {grid[0]}x{grid[1]} "
-            "patch grid nor a square grid"
-        )
-    return side, side
-
-
-def check_divisible(grid: tuple[int, int], factor: int, who: str) -> None:
-    """Raise a ConfigError unless both sides of `grid` are multiples of `factor`."""
-    if grid[0] % factor or grid[1] % factor:
-        raise ConfigError(
-            f"connector '{who}': the {grid[0]}x{grid[1]} patch grid is not divisible by factor={factor}; "
-            "pick a factor that divides both sides (or change vision.image_size / patch_size)"
-        )
+from .base import CONNECTORS, Connector, ConnectorContext, check_divisible, feature_grid
 
 
 def space_to_depth(features: torch.Tensor, grid: tuple[int, int], factor: int) -> torch.Tensor:

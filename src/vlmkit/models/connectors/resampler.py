@@ -16,8 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import ConfigError
-from .base import CONNECTORS, Connector, ConnectorContext
-from .pixel_shuffle import feature_grid
+from .base import CONNECTORS, Connector, ConnectorContext, feature_grid
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
