@@ -122,7 +122,7 @@ class VLMProcessor:
 
     def encode(
         self,
-        messages: Sequence[Message],
+        messages: Sequence[Message | dict[str, Any]],
         images: Sequence[ImageInput],
         template: Template | None = None,
         add_generation_prompt: bool | None = None,
@@ -130,7 +130,7 @@ class VLMProcessor:
     ) -> Encoded:
         """Tokenize one conversation; labels are IGNORE_INDEX except on assistant answers."""
         tpl = template or self.template
-        messages = _attach_images(list(messages), len(images))
+        messages = _attach_images([_as_message(m) for m in messages], len(images))
         if add_generation_prompt is None:
             add_generation_prompt = messages[-1].role != "assistant"
         rendered = tpl.render(messages, add_generation_prompt=add_generation_prompt)
