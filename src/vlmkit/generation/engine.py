@@ -101,6 +101,8 @@ class Engine:
         self.tokenizer = processor.tokenizer
         pad = self.tokenizer.pad_token_id
         self.pad_id: int = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        # LMs may have more embedding rows than the tokenizer has tokens (padded vocabularies): never emit those.
+        self.vocab_limit: int = len(self.tokenizer)
 
     # ---------------------------------------------------------------------------------------- front ends
     def generate(
@@ -214,10 +216,13 @@ class Engine:
                     out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, token_type_ids=types,
                                      image_features=feats, past_key_values=prefill.cache, use_cache=True,
                                      logits_to_keep="last")
-                    nxt = chooser(history, out.logits[:, -1])  # [B]
+                    logits = out.logits[:, -1, : self.vocab_limit]  # [B, V]
+                    if len(rows[0].ids) < config.min_new_tokens and stops.token_ids:
+                        logits[:, sorted(stops.token_ids)] = float("-inf")
+                    nxt = chooser(history, logits)  # [B]
                 for row, tok in zip(rows, nxt.tolist()):
                     if row.finish_reason is None:
-                        self.advance(row, tok, stops)
+                        self.advance(row, tok, stops, config.min_new_tokens)
                 yield rows
                 if all(r.finish_reason is not None for r in rows):
                     return
@@ -231,14 +236,14 @@ class Engine:
         finally:
             self.model.train(was_training)
 
-    def advance(self, row: Row, token: int, stops: Stops) -> None:
+    def advance(self, row: Row, token: int, stops: Stops, min_new_tokens: int = 0) -> None:
         """Append `token` to the row and decide whether it has finished."""
         row.ids.append(token)
         if token in stops.token_ids:
             row.finish_reason = "stop"  # the text (without this token) is unchanged
             return
         text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
-        cut = find_stop(text, stops.strings)
+        cut = find_stop(text, stops.strings) if len(row.ids) >= min_new_tokens else None
         row.text = text if cut is None else text[:cut]
         if cut is not None:
             row.finish_reason = "stop"

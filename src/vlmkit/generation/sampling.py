@@ -42,6 +42,7 @@ class GenerationConfig:
         stop_token_ids: generation stops after one of these token ids (added to the tokenizer's eos).
         seed: >= 0 makes sampling reproducible (one generator per request); None draws from torch's RNG.
         max_length: optional cap on prompt + answer tokens (the seeds' `--max_length`); None = no cap.
+        min_new_tokens: stop tokens and stop strings are ignored until this many tokens were generated.
     """
 
     max_new_tokens: int = 128
@@ -54,6 +55,7 @@ class GenerationConfig:
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
     max_length: int | None = None
+    min_new_tokens: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop_strings", _as_tuple("stop_strings", self.stop_strings))
@@ -117,6 +119,8 @@ def _validate(c: GenerationConfig) -> None:
         raise _bad("seed", c.seed, "None or an integer >= 0")
     if c.max_length is not None and (not _is_int(c.max_length) or c.max_length < 1):
         raise _bad("max_length", c.max_length, "None or an integer >= 1")
+    if not _is_int(c.min_new_tokens) or not 0 <= c.min_new_tokens <= c.max_new_tokens:
+        raise _bad("min_new_tokens", c.min_new_tokens, "an integer from 0 to max_new_tokens")
 
 
 def logits_processors(config: GenerationConfig, suppress_ids: Sequence[int] = ()) -> LogitsProcessorList:

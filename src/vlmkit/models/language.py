@@ -90,7 +90,9 @@ def hf_language_config(config: LanguageConfig, tokenizer: PreTrainedTokenizerBas
     if config.rope_theta is not None and isinstance(getattr(probe, "rope_parameters", None), dict):
         sizes["rope_parameters"] = {**(extra.get("rope_parameters") or probe.rope_parameters),
                                     "rope_theta": config.rope_theta}
-    special = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+    # A larger vocab_size in hf_config (a padded embedding table, as many real LMs have) is kept.
+    vocab = max(len(tokenizer), int(extra.get("vocab_size") or 0))
+    special = {"vocab_size": vocab, "bos_token_id": tokenizer.bos_token_id,
                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     return config_cls(**{**sizes, **extra, **special})
 
