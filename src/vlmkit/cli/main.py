@@ -8,11 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VlmkitError
-from . import ask, chat, data, demo, info, merge_lora, serve, train, web
+from . import ask, chat, data, demo, eval, info, merge_lora, serve, train, web
 
 COMMANDS = {
     "demo": demo, "ask": ask, "chat": chat, "train": train, "merge-lora": merge_lora, "data": data,
-    "info": info, "serve": serve, "web": web,
+    "info": info, "serve": serve, "web": web, "eval": eval,
 }
 
 
