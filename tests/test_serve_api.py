@@ -44,9 +44,12 @@ def start_server(app):
 
 @pytest.fixture(scope="module")
 def tiny():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # intra-op threads only add barrier waits for a toy model on a busy machine
     torch.manual_seed(0)
     model, processor = vlmkit.build("llava-tiny")
-    return model.eval(), processor
+    yield model.eval(), processor
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +249,18 @@ def test_grounding_boxes_in_the_extension_field(client, tiny, monkeypatch):
     box = r.choices[0].message.model_extra["vlmkit"]["boxes"][0]
     assert box["phrase"] == "the square"
     assert [box["x0"], box["y0"], box["x1"], box["y1"]] == pytest.approx([4.8, 9.6, 24.0, 28.8])
+
+
+def test_stream_with_two_choices(client):
+    chunks = list(client.chat.completions.create(model="vlmkit", messages=ask("Hi"), max_tokens=5, n=2,
+                                                 stream=True, temperature=0.8, seed=3))
+    texts, finished = {0: "", 1: ""}, set()
+    for c in chunks:
+        choice = c.choices[0]
+        texts[choice.index] += choice.delta.content or ""
+        if choice.finish_reason:
+            finished.add(choice.index)
+    assert finished == {0, 1}
+    whole = client.chat.completions.create(model="vlmkit", messages=ask("Hi"), max_tokens=5, n=2, temperature=0.8,
+                                           seed=3)
+    assert [texts[0], texts[1]] == [c.message.content for c in whole.choices]

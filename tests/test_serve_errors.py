@@ -14,11 +14,14 @@ import openai
 import pytest
 from PIL import Image
 
+import test_serve_api as api
 from conftest import make_image
-from test_serve_api import KEY, ask, client, data_url, server, start_server, tiny, url  # noqa: F401
+from test_serve_api import KEY, ask, data_url
 from vlmkit.serve import ServeSettings
 from vlmkit.serve.errors import APIError
 from vlmkit.serve.images import image_from_url
+
+tiny, server, url, client = api.tiny, api.server, api.url, api.client  # the same live server fixtures
 
 
 def huge_png(width: int = 30000, height: int = 30000) -> bytes:
@@ -137,7 +140,7 @@ def test_auth(url):
     assert_still_serving(url)
 
 
-def test_openai_client_sees_typed_errors(client):  # noqa: F811
+def test_openai_client_sees_typed_errors(client):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="other", messages=ask("x"))
     with pytest.raises(openai.BadRequestError, match="base64"):

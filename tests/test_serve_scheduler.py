@@ -15,6 +15,14 @@ from vlmkit.generation.scheduler import Scheduler
 from vlmkit.templates import Message
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # intra-op threads only add barrier waits for a toy model on a busy machine
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module", params=["llava-tiny", "cogvlm2-hires-tiny"])
 def engine(request):
     torch.manual_seed(0)
@@ -115,3 +123,43 @@ def test_prepare_encoded_matches_prepare(engine):
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.attention_mask, b.attention_mask)
     assert torch.equal(a.position_ids, b.position_ids) and a.prompt_tokens == b.prompt_tokens
     assert torch.allclose(a.image_features, b.image_features)
+
+
+def recompute(model, processor, text: str, images, n: int) -> list[int]:
+    """Greedy tokens without any cache (the whole sequence re-run each step); stops at eos."""
+    ids = processor(images=list(images) or None, text="<image>\n" * len(images) + text)["input_ids"]
+    pixels = processor(images=list(images), text="<image>\n" * len(images) + text)["pixel_values"] if images \
+        else None
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels).logits[:, -1]
+            logits[:, model.image_token_id] = float("-inf")
+            out.append(int(logits.argmax(-1)))
+            if out[-1] == processor.tokenizer.eos_token_id:
+                break
+            ids = torch.cat([ids, torch.tensor([[out[-1]]])], dim=1)
+    return out
+
+
+def test_prefix_tuned_model_batches_statically_and_correctly():
+    from vlmkit.train.config import LoraConfig, PeftConfig
+    from vlmkit.train.peft import apply_peft
+
+    torch.manual_seed(0)
+    model, processor = vlmkit.build("llava-tiny")
+    apply_peft(model, PeftConfig(method="prefix", num_virtual_tokens=3), LoraConfig())
+    with torch.no_grad():
+        model.language_model.prompt_encoder["default"].embedding.weight.normal_()
+    engine = Engine(model.eval(), processor)
+    config = GenerationConfig(max_new_tokens=8)
+    scheduler = Scheduler(engine, max_batch=4)
+    streams = [scheduler.submit(encode(engine, t, im), config) for t, im in PROMPTS[:2]]
+    with scheduler:
+        wait_for(lambda: scheduler.stats()["steps"] >= 1)
+        streams.append(scheduler.submit(encode(engine, *PROMPTS[3]), config))  # waits: caches cannot merge
+        for s in streams:
+            list(s)
+        assert scheduler.stats()["peak_batch"] == 2
+    for (text, images), s in zip(PROMPTS[:2] + PROMPTS[3:], streams):
+        assert s.result.token_ids == recompute(model, processor, text, images, 8)

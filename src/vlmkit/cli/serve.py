@@ -6,9 +6,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import VlmkitError
 from .ask import add_model_args
+
+if TYPE_CHECKING:
+    from ..models.vlm import VLMModel
+    from ..processing import VLMProcessor
 
 API_KEY_ENV = "VLMKIT_API_KEY"
 
@@ -36,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="let the server fetch http(s) image URLs (default: only inline data: URLs)")
     p.add_argument("--local-image-dir", metavar="DIR", default=None,
                    help="accept file:// image URLs for files inside DIR (default: refused)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch's operators (default: torch's choice; 1 suits small models on "
+                        "busy CPUs)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(run=run)
 
@@ -45,7 +53,7 @@ def add_adapter_arg(p: argparse.ArgumentParser) -> None:
                    help="adapter of the model directory to apply (adapters/NAME); needed when there are several")
 
 
-def load_model(spec: str | None, device: str | None, adapter: str | None):  # -> (VLMModel, VLMProcessor)
+def load_model(spec: str | None, device: str | None, adapter: str | None) -> tuple[VLMModel, VLMProcessor]:
     """`resolve_model`, with `--adapter` for model directories."""
     from ..api import load
     from .ask import resolve_model
@@ -76,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
         max_image_pixels=args.max_image_pixels, allow_remote_images=args.allow_remote_images,
         local_image_dir=local_dir, default_max_tokens=args.max_tokens,
     )
+    if args.threads is not None:
+        if args.threads < 1:
+            raise VlmkitError(f"--threads {args.threads}: give a number >= 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     model, processor = load_model(args.model, args.device, args.adapter)
     app = create_app(model, processor, settings)
     key_note = "an API key is required" if settings.api_key else "no API key required"

@@ -39,11 +39,8 @@ Event = tuple[str, Any]  # ("delta", str) | ("done", Result) | ("error", Excepti
 
 
 class TokenStream:
-    """The submitter's end of one request: iterate it (sync or async) for text deltas, then read `result`.
-
-    Iteration raises the request's error (a `VlmkitError`) if decoding failed. `cancel()` may be called from any
-    thread; the decode thread drops the request before its next step.
-    """
+    """The submitter's end of one request: iterate it (`for` or `async for`) for text deltas, then read
+    `result`; iteration raises the request's error. `cancel()` (any thread) drops it before the next step."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop
@@ -61,14 +58,7 @@ class TokenStream:
         self._cancelled.set()
 
     def put(self, event: Event) -> None:
-        """Called by the decode thread."""
-        if self._sync is not None:
-            self._sync.put(event)
-            return
-        try:
-            self._loop.call_soon_threadsafe(self._async.put_nowait, event)  # type: ignore[union-attr]
-        except RuntimeError:  # the event loop is closed: nobody listens any more
-            self.cancel()
+        deliver([(self, event)])
 
     def _handle(self, event: Event) -> str | None:
         kind, value = event
@@ -88,12 +78,24 @@ class TokenStream:
             yield delta
 
     async def __aiter__(self) -> AsyncIterator[str]:
+        """Text deltas; those that arrived together come as one (fewer, larger chunks under load)."""
         assert self._async is not None, "this stream was submitted without an event loop: use `for`"
+        events = self._async
         while True:
-            delta = self._handle(await self._async.get())
-            if delta is None:
+            pending = [await events.get()]
+            while not events.empty():
+                pending.append(events.get_nowait())
+            text, finished = "", False
+            for event in pending:
+                delta = self._handle(event)
+                if delta is None:
+                    finished = True
+                    break
+                text += delta
+            if text:
+                yield text
+            if finished:
                 return
-            yield delta
 
     async def collect(self) -> Result:
         """Wait for the whole answer (async); cancels the request if the waiting task is cancelled."""
@@ -105,6 +107,27 @@ class TokenStream:
                 self.cancel()
         assert self.result is not None
         return self.result
+
+
+def deliver(items: list[tuple[TokenStream, Event]]) -> None:
+    """Hand events to their streams: one wake-up per event loop (not per event), plain puts for sync streams."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[TokenStream, Event]]] = {}
+    for stream, event in items:
+        if stream._sync is not None:
+            stream._sync.put(event)
+        else:
+            by_loop.setdefault(stream._loop, []).append((stream, event))  # type: ignore[arg-type]
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, batch)
+        except RuntimeError:  # the event loop is closed: nobody listens any more
+            for stream, _ in batch:
+                stream.cancel()
+
+
+def _put_all(items: list[tuple[TokenStream, Event]]) -> None:
+    for stream, event in items:
+        stream._async.put_nowait(event)  # type: ignore[union-attr]
 
 
 @dataclass
@@ -125,7 +148,8 @@ class _Slot:
     stops: Stops
     chooser: TokenChooser
     tracker: DeltaTracker
-    history: torch.Tensor  # [1, T] prompt + answer ids, unpadded
+    history: torch.Tensor  # [1, T] prompt + answer ids, unpadded (kept only when the chooser needs it)
+    greedy: bool  # plain argmax: chosen for all such rows at once
 
 
 @dataclass
@@ -217,11 +241,12 @@ class Scheduler:
                 self._step()
             except Exception as e:  # never let the decode thread die: fail the running rows, keep serving
                 logger.exception("decoding failed")
-                self._fail_running(e)
-        self._fail_running(VlmkitError("the server is shutting down"))
+                self._fail(self._batch, e)
+        self._fail(self._batch, VlmkitError("the server is shutting down"))
 
-    def _fail_running(self, error: Exception) -> None:
-        batch, self._batch = self._batch, None
+    def _fail(self, batch: _Batch | None, error: Exception) -> None:
+        if batch is self._batch:
+            self._batch = None
         for slot in batch.slots if batch else []:
             self.counters["failed"] += 1
             slot.stream.put(("error", _as_user_error(error)))
@@ -256,9 +281,14 @@ class Scheduler:
             self._prefill_failed(jobs, e)
             return
         self.counters["prefills"] += 1
-        if new is not None:
+        if new is None:
+            return
+        try:
             self._batch = new if batch is None else _merge(batch, new)
-            self.counters["peak_batch"] = max(self.counters["peak_batch"], len(self._batch.slots))
+        except Exception as e:  # the new rows are not in the batch yet: fail them here, the batch in `_loop`
+            self._fail(new, e)
+            raise
+        self.counters["peak_batch"] = max(self.counters["peak_batch"], len(self._batch.slots))
 
     def _prefill_failed(self, jobs: list[_Job], error: Exception) -> None:
         """A lone job gets the error; a group is retried one job at a time so only the bad ones fail."""
@@ -269,9 +299,6 @@ class Scheduler:
             return
         for job in jobs:
             job.solo = True
-        self._requeue(jobs)
-
-    def _requeue(self, jobs: list[_Job]) -> None:
         with self._lock:
             self._waiting.extendleft(reversed(jobs))
 
@@ -286,6 +313,7 @@ class Scheduler:
                                position_ids=prefill.position_ids, token_type_ids=prefill.token_type_ids,
                                image_features=prefill.image_features, past_key_values=cache, use_cache=True,
                                logits_to_keep="last")
+        cache = out.past_key_values if out.past_key_values is not None else cache  # prefix tuning makes its own
         mask = prefill.attention_mask  # [B, C]
         batch = _Batch(slots, cache, mask, prefill.position_ids[:, -1:] + 1, _mergeable(cache, mask))
         self._choose(batch, out.logits[:, -1])
@@ -303,8 +331,9 @@ class Scheduler:
             stops = Stops(frozenset(config.stop_token_ids), tuple(config.stop_strings))
         chooser = TokenChooser(config, 1, suppress_ids=[engine.model.image_token_id])
         history = torch.tensor([job.encoded.input_ids], device=engine.model.device)  # [1, T]
+        greedy = not config.do_sample and config.repetition_penalty == 1.0
         return _Slot(job.stream, Row(n, limit), stops, chooser, DeltaTracker(engine.template, stops.strings),
-                     history)
+                     history, greedy)
 
     def _step(self) -> None:
         """One decode step of the whole batch: feed every row's last token, choose the next ones."""
@@ -326,18 +355,34 @@ class Scheduler:
         self._batch = self._drop(batch, [s for s in batch.slots if s.row.finish_reason is not None])
 
     def _choose(self, batch: _Batch, logits: torch.Tensor) -> None:
-        """logits [B, V]: pick each row's next token with its own chooser, stream the delta, report the end."""
+        """logits [B, V]: pick each row's next token, stream the deltas, report the rows that finished.
+
+        Greedy rows without a repetition penalty take one batched argmax with the image token suppressed (what
+        their `TokenChooser` computes); the others use their own chooser and history."""
+        picks = self._greedy_picks(batch, logits)
+        events: list[tuple[TokenStream, Event]] = []
         for i, slot in enumerate(batch.slots):
-            token = int(slot.chooser(slot.history, logits[i:i + 1])[0])
-            slot.history = torch.cat([slot.history, slot.history.new_tensor([[token]])], dim=1)  # [1, T+1]
+            token = picks.get(i)
+            if token is None:
+                token = int(slot.chooser(slot.history, logits[i:i + 1])[0])
+                slot.history = torch.cat([slot.history, slot.history.new_tensor([[token]])], dim=1)  # [1, T+1]
             self.engine.advance(slot.row, token, slot.stops)
-            self.counters["generated_tokens"] += 1
             delta = slot.tracker.update(slot.row)
             if delta:
-                slot.stream.put(("delta", delta))
+                events.append((slot.stream, ("delta", delta)))
             if slot.row.finish_reason is not None:
-                self.counters["completed"] += 1
-                slot.stream.put(("done", self.engine.result(slot.row)))
+                events.append((slot.stream, ("done", self.engine.result(slot.row))))
+        self.counters["generated_tokens"] += len(batch.slots)
+        self.counters["completed"] += sum(event[0] == "done" for _, event in events)
+        deliver(events)
+
+    def _greedy_picks(self, batch: _Batch, logits: torch.Tensor) -> dict[int, int]:
+        rows = [i for i, s in enumerate(batch.slots) if s.greedy]
+        if not rows:
+            return {}
+        scores = logits[rows].float() if len(rows) < len(batch.slots) else logits.float()  # [G, V]
+        scores[:, self.engine.model.image_token_id] = float("-inf")
+        return dict(zip(rows, scores.argmax(-1).tolist()))
 
     @staticmethod
     def _drop(batch: _Batch | None, gone: list[_Slot]) -> _Batch | None:
@@ -377,12 +422,9 @@ def _narrow(batch: _Batch, keep: list[int]) -> None:
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - t.shape[dim]
-    if missing == 0:
-        return t
     shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+    shape[dim] = width - t.shape[dim]
+    return t if shape[dim] == 0 else torch.cat([t.new_zeros(shape), t], dim=dim)
 
 
 def _merge(a: _Batch, b: _Batch) -> _Batch:
@@ -402,6 +444,4 @@ def _merge(a: _Batch, b: _Batch) -> _Batch:
 
 
 def _as_user_error(e: Exception) -> VlmkitError:
-    if isinstance(e, VlmkitError):
-        return e
-    return VlmkitError(f"generation failed: {type(e).__name__}: {' '.join(str(e).split())}")
+    return e if isinstance(e, VlmkitError) else VlmkitError(f"generation failed: {type(e).__name__}: {e}")

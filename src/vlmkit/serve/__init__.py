@@ -6,12 +6,14 @@ The heavy web dependencies (fastapi, uvicorn, gradio) are imported only by these
 `pip install 'vlmkit[serve]'`.
 """
 
+from typing import Any
+
 from .settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app"]
 
 
-def __getattr__(name: str):  # lazy, so `import vlmkit.serve` works without fastapi installed
+def __getattr__(name: str) -> Any:  # lazy, so `import vlmkit.serve` works without fastapi installed
     if name == "create_app":
         from .app import create_app
 

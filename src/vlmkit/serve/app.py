@@ -178,13 +178,14 @@ async def stream_chat(service: ChatService, streams: list[TokenStream], meta: R.
                       ) -> AsyncIterator[str]:
     """SSE: a role delta per choice, content deltas, a final delta with finish_reason, usage, [DONE]."""
     usage_null = req.include_usage
+    content = R.ContentChunks(meta, usage_null)
     results: list[Result | None] = [None] * len(streams)
     try:
         for i in range(len(streams)):
             yield R.sse(R.chunk(meta, i, {"role": "assistant", "content": ""}, with_usage=usage_null))
         async for i, kind, value in fan_in(streams):
             if kind == "delta":
-                yield R.sse(R.chunk(meta, i, {"content": value}, with_usage=usage_null))
+                yield content(i, value)
                 continue
             results[i] = value
             ext = service.boxes(value.text, req.images)

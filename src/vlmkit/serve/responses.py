@@ -53,6 +53,20 @@ def chunk(meta: Meta, index: int, delta: dict[str, Any], finish_reason: str | No
     return out
 
 
+class ContentChunks:
+    """Content chunks of one stream, written straight to SSE text (the hot path: one per delta)."""
+
+    def __init__(self, meta: Meta, with_usage: bool) -> None:
+        head = json.dumps(meta.head("chat.completion.chunk"), ensure_ascii=False, separators=(",", ":"))
+        self._head = head[:-1]
+        self._tail = ',"usage":null}' if with_usage else "}"
+
+    def __call__(self, index: int, text: str) -> str:
+        content = json.dumps(text, ensure_ascii=False)
+        return (f'data: {self._head},"choices":[{{"index":{index},"delta":{{"content":{content}}},'
+                f'"finish_reason":null,"logprobs":null}}]{self._tail}\n\n')
+
+
 def usage_chunk(meta: Meta, results: Sequence[Result]) -> dict[str, Any]:
     return {**meta.head("chat.completion.chunk"), "choices": [], "usage": usage(results)}
 

@@ -8,6 +8,8 @@ grounding boxes of an answer (the vlmkit extension field).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -35,12 +37,18 @@ class ChatService:
         self.template = self.engine.template
         self.scheduler = Scheduler(self.engine, settings.max_batch)
         self.context_length = context_length(model, processor)
+        # One tokenization at a time: a fast tokenizer's settings are mutable Rust state shared by threads.
+        # A first call settles them before the decode thread starts decoding with the same tokenizer.
+        self._encode_lock = threading.Lock()
+        with contextlib.suppress(APIError):
+            self.encode([Message("user", "hello")], [])
 
     def encode(self, messages: Sequence[Message], images: Sequence[Image.Image]) -> Encoded:
         """Tokenize a conversation (blocking: run it in a worker thread); template mistakes are a 400."""
         try:
-            return self.processor.encode(messages, images, self.template, add_generation_prompt=True,
-                                         max_length=NO_TRUNCATION)
+            with self._encode_lock:
+                return self.processor.encode(messages, images, self.template, add_generation_prompt=True,
+                                             max_length=NO_TRUNCATION)
         except VlmkitError as e:
             raise bad_request(str(e), "messages") from None
 
@@ -86,12 +94,20 @@ def _context_error(limit: int, prompt: int, max_tokens: int | None) -> APIError:
     asked = f"{prompt} in the messages" + (f" + {max_tokens} in the completion" if max_tokens else "")
     return APIError(400, f"this model's maximum context length is {limit} tokens; the request needs "
                          f"{prompt + (max_tokens or 1)} ({asked}): shorten the messages or lower max_tokens",
-                    "max_tokens" if max_tokens else "messages", "context_length_exceeded")
+                    "max_tokens" if max_tokens and prompt < limit else "messages", "context_length_exceeded")
 
 
 async def fan_in(streams: Sequence[TokenStream]) -> AsyncIterator[tuple[int, str, Any]]:
     """Events of several streams as they come: (index, "delta", text) and (index, "done", Result).
     A failed stream raises its error; leaving early cancels every stream."""
+    if len(streams) == 1:  # no tasks needed
+        try:
+            async for delta in streams[0]:
+                yield 0, "delta", delta
+            yield 0, "done", streams[0].result
+        finally:
+            streams[0].cancel()
+        return
     queue: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
 
     async def pump(i: int, stream: TokenStream) -> None:
