@@ -216,6 +216,7 @@ class Engine:
                     out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, token_type_ids=types,
                                      image_features=feats, past_key_values=prefill.cache, use_cache=True,
                                      logits_to_keep="last")
+                    prefill.cache = out.past_key_values  # wrappers (prefix tuning) may return a new cache
                     logits = out.logits[:, -1, : self.vocab_limit]  # [B, V]
                     if len(rows[0].ids) < config.min_new_tokens and stops.token_ids:
                         logits[:, sorted(stops.token_ids)] = float("-inf")

@@ -138,7 +138,7 @@ class ChatSession:
     def _reusable_prefix(self, ids: list[int]) -> int:
         """Tokens of `ids` the cache can keep: the common prefix, at least one token short of the prompt and
         never ending inside an image's placeholders."""
-        if self._cache is None or not self._cache.is_croppable:
+        if self._cache is None or not self._cache.is_croppable or _prompt_learning(self.engine.model):
             return 0
         keep = 0
         for a, b in zip(self._cache_ids, ids):
@@ -156,3 +156,9 @@ def _pixel_key(pixels: torch.Tensor) -> str:
     """A content key for one transformed image [3, H, W]."""
     data = pixels.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
     return f"{tuple(pixels.shape)}:{hashlib.sha1(data).hexdigest()}"
+
+
+def _prompt_learning(model: VLMModel) -> bool:
+    """Prefix / P-tuned LMs keep virtual tokens in the cache, so cached positions do not match token ids."""
+    config = getattr(model.language_model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
