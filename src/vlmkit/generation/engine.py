@@ -169,7 +169,7 @@ class Engine:
         types = batch["token_type_ids"].to(device)  # [B, L]
         feats = None
         if batch["pixel_values"] is not None:
-            with torch.no_grad():
+            with torch.inference_mode():
                 feats = self.model.encode_images(batch["pixel_values"])  # [N_img, T, D]
         return Prefill(ids, mask, self.position_ids(mask, types), types, ids,
                        [int(n) for n in mask.sum(-1).tolist()], feats)
@@ -212,7 +212,7 @@ class Engine:
         self.model.eval()
         try:
             while True:
-                with torch.no_grad():
+                with torch.inference_mode():
                     out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, token_type_ids=types,
                                      image_features=feats, past_key_values=prefill.cache, use_cache=True,
                                      logits_to_keep="last")

@@ -110,7 +110,7 @@ class ChatSession:
         if missing:
             index = {k: i for i, k in enumerate(keys)}
             pixels = torch.stack([pixel_values[index[k]] for k in missing])  # [M, 3, H, W]
-            with torch.no_grad():
+            with torch.inference_mode():
                 feats = self.model.encode_images(pixels)  # [M, T, D]
             self._features.update(zip(missing, feats))
         stacked = torch.stack([self._features[k] for k in keys])  # [N_img, T, D]
