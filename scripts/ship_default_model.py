@@ -1,0 +1,37 @@
+"""Copy a trained run's model into the package as the embedded default model (weights only, no training state).
+
+    python scripts/ship_default_model.py runs/default/final        # or a checkpoint-<step> directory
+
+The model is loaded and saved again with `vlmkit.save`, so only the model files land in
+src/vlmkit/assets/default_model/ (config, safetensors weights, tokenizer, template, image settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import vlmkit
+
+TARGET = Path(__file__).resolve().parents[1] / "src" / "vlmkit" / "assets" / "default_model"
+MAX_BYTES = 30 * 2**20
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model_dir", help="a run's final/ or checkpoint-<step>/ directory")
+    args = p.parse_args()
+    model, processor = vlmkit.load(args.model_dir)
+    model.config.name = "vlmkit-default"
+    vlmkit.save(model, processor, TARGET)
+    size = sum(f.stat().st_size for f in TARGET.rglob("*") if f.is_file())
+    print(f"shipped {args.model_dir} -> {TARGET} ({size / 2**20:.1f} MiB)")
+    if size > MAX_BYTES:
+        print(f"error: the default model must stay under {MAX_BYTES // 2**20} MiB", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
