@@ -313,3 +313,24 @@ def test_ddp_two_processes_match_one_process_with_double_batch(tmp_path: Path) -
     torch.testing.assert_close(ddp_losses, one_losses, rtol=1e-5, atol=1e-5)
     ts = json.loads((tmp_path / "ddp" / "checkpoint-3" / "training_state" / "trainer_state.json").read_text())
     assert ts["world_size"] == 2 and len(ts["rng"]) == 2 and ts["global_batch"] == 4
+
+
+def test_cli_skip_bad_flag(tmp_path):
+    """`vlmkit train --skip-bad` drops invalid samples instead of refusing to start."""
+    import json
+
+    from PIL import Image
+
+    from vlmkit.cli.main import main
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "ok.png")
+    good = {"id": "good", "image": "ok.png", "conversations": [
+        {"from": "human", "value": "<image>\nColor?"}, {"from": "gpt", "value": "red"}]}
+    bad = {"id": "bad", "image": "missing.png", "conversations": [
+        {"from": "human", "value": "<image>\nColor?"}, {"from": "gpt", "value": "red"}]}
+    (tmp_path / "d.json").write_text(json.dumps([good, bad]))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: llava-tiny\ndata: {{train: {tmp_path / 'd.json'}}}\n"
+                   f"train: {{max_steps: 1, batch_size: 1}}\noutput_dir: {tmp_path / 'run'}\n")
+    assert main(["train", str(cfg)]) == 2
+    assert main(["train", str(cfg), "--skip-bad"]) == 0

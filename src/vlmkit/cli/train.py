@@ -27,6 +27,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in output_dir")
     p.add_argument("--overwrite", action="store_true", help="replace a previous run in output_dir")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="drop invalid samples (reported with their ids) instead of refusing to start")
     p.set_defaults(run=run)
 
 
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train.config import RunConfig
     from ..train.loop import train
 
-    cfg = RunConfig.from_file(args.config, args.set)
+    overrides = list(args.set) + (["data.skip_bad=true"] if getattr(args, "skip_bad", False) else [])
+    cfg = RunConfig.from_file(args.config, overrides)
     final = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"done: {final}")
