@@ -45,6 +45,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        _normal_permissions(tmp)
         if not target.exists():
             os.replace(tmp, target)
             return
@@ -56,6 +57,14 @@ def atomic_directory(target: Path) -> Iterator[Path]:
                 os.replace(item, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _normal_permissions(root: Path) -> None:
+    """mkdtemp makes 0700 directories (and some writers 0600 files); give them the umask's usual modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def write_json(path: Path, data: Any) -> None:
