@@ -86,6 +86,14 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
     raise ConfigError(f"{path}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
 
 
+def check_known_keys(cls: type, data: dict[str, Any], what: str) -> None:
+    """Raise `ConfigError` naming the unknown keys of `data` and the fields of dataclass `cls`."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown}; known: {sorted(known)}")
+
+
 def from_dict(cls: type[C], data: dict[str, Any], path: str = "") -> C:
     """Build dataclass `cls` from `data`, rejecting unknown keys and wrong types with the field's path."""
     custom = cls.__dict__.get("from_dict")

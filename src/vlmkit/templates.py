@@ -13,9 +13,10 @@ Format strings use two placeholders, filled by plain substitution (user text may
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from .config import check_known_keys
 from .constants import IMAGE_TOKEN
 from .errors import ConfigError, VlmkitError
 from .registry import Registry
@@ -128,10 +129,7 @@ class Template:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Template:
         """Inverse of `to_dict`; unknown keys raise `ConfigError`, missing keys take the defaults."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown template field(s) {unknown}; known fields: {sorted(known)}")
+        check_known_keys(cls, d, "template field(s)")
         if "name" not in d:
             raise ConfigError("template dict has no 'name'")
         kw = dict(d)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from ..config import check_known_keys
 from ..errors import ConfigError
 
 
@@ -69,10 +70,7 @@ class GenerationConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GenerationConfig:
         """Build from a mapping; unknown keys raise `ConfigError` listing the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown generation setting(s) {unknown}; known: {sorted(known)}")
+        check_known_keys(cls, d, "generation setting(s)")
         return cls(**d)
 
 
