@@ -16,7 +16,14 @@ from vlmkit.cli import data as data_cli
 from vlmkit.data.formats import load_samples
 from vlmkit.data.sample import DataError, Sample
 from vlmkit.data.split import split_counts, split_dataset
-from vlmkit.data.synthetic import SYNTHETIC, generate, make_sample, write_dataset
+from vlmkit.data.synthetic import (
+    SYNTHETIC,
+    ChainedSamples,
+    SyntheticSet,
+    generate,
+    make_sample,
+    write_dataset,
+)
 from vlmkit.data.synthetic.captcha import ALPHABET
 from vlmkit.data.synthetic.shapes import COLORS
 from vlmkit.errors import ConfigError
@@ -188,3 +195,21 @@ def test_cli_synth_and_split(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "train" in capsys.readouterr().out and (tmp_path / "sp" / "valid.json").is_file()
     assert _cli(["data", "synth", "captcha", "--n", "3", "--out", str(tmp_path / "c"), "--layout", "folder"]) == 0
     assert len(list((tmp_path / "c").glob("*.png"))) == 3
+
+
+def test_synthetic_set_is_lazy_and_equals_generate() -> None:
+    lazy = SyntheticSet("captcha", 50_000, seed=3)
+    assert len(lazy) == 50_000
+    assert _fingerprint([lazy[4], lazy[-1]]) == _fingerprint([make_sample("captcha", 4, 3),
+                                                               make_sample("captcha", 49_999, 3)])
+    assert _fingerprint(lazy[:3]) == _fingerprint(generate("captcha", 3, seed=3))
+    with pytest.raises(IndexError):
+        lazy[50_000]
+    with pytest.raises(ConfigError, match="unknown option"):
+        SyntheticSet("shapes", 10, colour="red")
+    chained = ChainedSamples([SyntheticSet("shapes", 3), [], SyntheticSet("caption", 2, seed=1)])
+    assert len(chained) == 5
+    assert [s.id for s in (chained[i] for i in range(5))] == [
+        "shapes-0-000000", "shapes-0-000001", "shapes-0-000002", "caption-1-000000", "caption-1-000001"]
+    with pytest.raises(IndexError):
+        chained[5]

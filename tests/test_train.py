@@ -334,3 +334,26 @@ def test_cli_skip_bad_flag(tmp_path):
                    f"train: {{max_steps: 1, batch_size: 1}}\noutput_dir: {tmp_path / 'run'}\n")
     assert main(["train", str(cfg)]) == 2
     assert main(["train", str(cfg), "--skip-bad"]) == 0
+
+
+def test_generation_accuracy_reports_each_task() -> None:
+    from vlmkit.data.synthetic import generate
+    from vlmkit.generation.engine import Engine, Request
+    from vlmkit.generation.sampling import GenerationConfig
+    from vlmkit.train.dataset import prompt_messages
+    from vlmkit.train.distributed import init_from_env
+    from vlmkit.train.validation import generation_accuracy
+
+    torch.manual_seed(0)
+    model, processor = vlmkit.build("llava-tiny")
+    model.eval()
+    samples = generate("captcha", 2) + generate("caption", 3)
+    first = samples[0]  # make the model "right" on one captcha: its own greedy answer becomes the reference
+    said = Engine(model, processor).generate([Request(prompt_messages(first), list(first.images))],
+                                             GenerationConfig(max_new_tokens=64))[0].text  # the budget cap
+    first.messages[-1]["content"] = said
+    rec = generation_accuracy(model, processor, samples, init_from_env())
+    assert rec["valid_generated"] == 5
+    assert rec["valid_accuracy/captcha"] == pytest.approx(0.5)
+    assert rec["valid_accuracy/caption"] == 0.0
+    assert rec["valid_accuracy"] == pytest.approx(0.2)

@@ -149,7 +149,7 @@ class VisionConfig:
     """The vision encoder: a registry ID plus architecture and feature-selection options."""
 
     type: str = "clip"
-    """Registry ID: clip | siglip | blip2 | eva2clip."""
+    """Registry ID: clip | siglip | blip2 | eva2clip | resnet | convnext."""
     pretrained: str | None = None
     """Local Hugging Face directory to load weights and architecture from (clip, siglip, blip2)."""
     image_size: int = 224

@@ -44,7 +44,7 @@ class SampleDataset(Dataset):
         max_length: int | None = None,
         template: Template | None = None,
     ) -> None:
-        self.samples = list(samples)
+        self.samples = samples if isinstance(samples, Sequence) else list(samples)
         self.processor = processor
         self.max_length = max_length
         self.template = template

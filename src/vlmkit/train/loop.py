@@ -86,13 +86,18 @@ def build_model(cfg: RunConfig) -> tuple[VLMModel, VLMProcessor]:
     return model.train(), processor
 
 
-def load_data(cfg: RunConfig) -> tuple[list[Sample], list[Sample]]:
-    """(train, valid) samples from data files or `data.synthetic`; valid is [] without a validation split."""
+def load_data(cfg: RunConfig) -> tuple[Sequence[Sample], list[Sample]]:
+    """(train, valid) samples from data files or `data.synthetic`; valid is [] without a validation split.
+
+    Synthetic training samples are made on access (`SyntheticSet`); validation samples are made up front.
+    """
     d = cfg.data
     if d.synthetic is not None:
+        from ..data.synthetic import ChainedSamples
+
         entries = d.synthetic if isinstance(d.synthetic, list) else [d.synthetic]
         parts = [synthetic_split(entry, i) for i, entry in enumerate(entries)]
-        return [s for t, _ in parts for s in t], [s for _, v in parts for s in v]
+        return ChainedSamples([t for t, _ in parts]), [s for _, v in parts for s in v]
     from ..data.formats import load_samples
 
     train, _ = load_samples(d.train, d.image_root, d.format, d.skip_bad)
@@ -100,16 +105,19 @@ def load_data(cfg: RunConfig) -> tuple[list[Sample], list[Sample]]:
     return train, valid
 
 
-def synthetic_split(entry: dict[str, Any], index: int = 0) -> tuple[list[Sample], list[Sample]]:
+def synthetic_split(entry: dict[str, Any], index: int = 0) -> tuple[Sequence[Sample], list[Sample]]:
     """(train, valid) samples of one `data.synthetic` entry; valid uses a disjoint seed."""
-    from ..data.synthetic import generate
+    from ..data.synthetic import SyntheticSet, generate
 
     opts = dict(entry)
     kind = opts.pop("kind", None)
     if kind is None:
         raise ConfigError(f"data.synthetic[{index}]: needs 'kind' (shapes, captcha or caption)")
     n, seed, valid_n = int(opts.pop("n", 1000)), int(opts.pop("seed", 0)), int(opts.pop("valid_n", 0))
-    train = generate(kind, n, seed, **opts)
+    try:
+        train = SyntheticSet(kind, n, seed, **opts)
+    except ConfigError as e:
+        raise ConfigError(f"data.synthetic[{index}]: {e}") from None
     valid = generate(kind, valid_n, seed + VALID_SEED_OFFSET, **opts) if valid_n > 0 else []
     return train, valid
 

@@ -71,16 +71,26 @@ def generation_accuracy(
     if max_samples is not None:
         usable = usable[:max_samples]
     mine = shard(usable, info.rank, info.world_size)
-    correct = 0
+    tasks = sorted({_task(s) for s in usable})
+    hits = dict.fromkeys(tasks, 0)
     if mine:
         config = GenerationConfig(max_new_tokens=_answer_budget(processor, mine))
         requests = [Request(prompt_messages(s), list(s.images)) for s in mine]
         results = Engine(model, processor).generate(requests, config, batch_size=batch_size)
-        correct = sum(normalize_answer(r.text) == normalize_answer(s.answer() or "")
-                      for r, s in zip(results, mine))
-    correct = int(all_reduce_sum(correct, info))
+        for r, s in zip(results, mine):
+            hits[_task(s)] += normalize_answer(r.text) == normalize_answer(s.answer() or "")
+    hits = {t: int(all_reduce_sum(hits[t], info)) for t in tasks}
     total = len(usable)
-    return {"valid_accuracy": correct / total if total else float("nan"), "valid_generated": total}
+    record: dict[str, Any] = {"valid_accuracy": sum(hits.values()) / total if total else float("nan"),
+                              "valid_generated": total}
+    if len(tasks) > 1:  # per-task exact match when the set mixes tasks (meta["task"] of synthetic data)
+        for t in tasks:
+            record[f"valid_accuracy/{t}"] = hits[t] / sum(_task(s) == t for s in usable)
+    return record
+
+
+def _task(sample: Sample) -> str:
+    return str((sample.meta or {}).get("task") or "all")
 
 
 def _answer_budget(processor: VLMProcessor, samples: Sequence[Sample]) -> int:

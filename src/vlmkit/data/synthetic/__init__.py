@@ -8,10 +8,11 @@ held-out set is simply another seed.
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, overload
 
 from ...errors import ConfigError
 from ...registry import Registry
@@ -54,4 +55,54 @@ def generate(kind: str, n: int, seed: int = 0, **options: Any) -> list[Sample]:
     return [make_sample(kind, i, seed, **options) for i in range(n)]
 
 
-__all__ = ["SYNTHETIC", "generate", "make_sample", "options_of", "write_dataset"]
+class SyntheticSet(Sequence[Sample]):
+    """`n` samples of (kind, seed, options) made on access: sample `i` equals `make_sample(kind, i, seed, ...)`.
+
+    Training on hundreds of thousands of generated samples then costs no memory and no start-up time, and a
+    resumed run sees the same pixels.
+    """
+
+    def __init__(self, kind: str, n: int, seed: int = 0, **options: Any) -> None:
+        if n < 1:
+            raise ConfigError(f"n={n}; generate at least one sample")
+        make_sample(kind, 0, seed, **options)  # unknown kind / options fail here, not mid-training
+        self.kind, self.n, self.seed, self.options = kind, n, seed, options
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Sample]: ...
+    def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.n))]
+        if not -self.n <= index < self.n:
+            raise IndexError(f"sample {index} of {self.n}")
+        return make_sample(self.kind, index % self.n, self.seed, **self.options)
+
+
+class ChainedSamples(Sequence[Sample]):
+    """Several sample sequences read as one, in order (without copying them)."""
+
+    def __init__(self, parts: Sequence[Sequence[Sample]]) -> None:
+        self.parts = [p for p in parts if len(p)]
+        self.ends: list[int] = []
+        total = 0
+        for p in self.parts:
+            total += len(p)
+            self.ends.append(total)
+
+    def __len__(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} of {len(self)}")
+        part = bisect.bisect_right(self.ends, index)
+        return self.parts[part][index - (self.ends[part - 1] if part else 0)]
+
+
+__all__ = ["SYNTHETIC", "ChainedSamples", "SyntheticSet", "generate", "make_sample", "options_of",
+           "write_dataset"]

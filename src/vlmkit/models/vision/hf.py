@@ -67,7 +67,7 @@ class HFVisionEncoder(VisionEncoder):
             self.model = self._load_pretrained(Path(config.pretrained), hf_config)
         else:
             self.model = self.model_class(hf_config)
-        sync_vision_config(config, self.model.config)
+        self._sync_config()
 
     # ---------------------------------------------------------------------------------------- building
     def _build_hf_config(self) -> PretrainedConfig:
@@ -77,12 +77,18 @@ class HFVisionEncoder(VisionEncoder):
             self._check_model_type(path)
             base = self.config_class.from_pretrained(str(path)).to_dict()
         else:
-            sizes = {hf_key: getattr(self.config, field) for field, hf_key in _SIZE_FIELDS.items()}
-            base = {**self.random_init_defaults, **sizes}
+            base = {**self.random_init_defaults, **self._size_fields()}
         extra = dict(self.config.hf_config or {})
         if isinstance(extra.get("vision_config"), dict):  # a full CLIPConfig-style dict: take its tower
             extra = extra["vision_config"]
         return self.config_class.from_dict({**base, **extra, **self.config_overrides})
+
+    def _size_fields(self) -> dict[str, Any]:
+        """HF config values derived from the VisionConfig's size fields (random init)."""
+        return {hf_key: getattr(self.config, field) for field, hf_key in _SIZE_FIELDS.items()}
+
+    def _sync_config(self) -> None:
+        sync_vision_config(self.config, self.model.config)
 
     def _check_model_type(self, path: Path) -> None:
         if not path.is_dir():

@@ -1,0 +1,114 @@
+"""CNN vision towers (resnet, convnext): stage selection, strides, HF loading, frozen batch norm, whole VLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import ConvNextConfig, ConvNextModel, ResNetConfig, ResNetForImageClassification
+
+import vlmkit
+from vlmkit.config import VisionConfig
+from vlmkit.errors import ConfigError
+from vlmkit.models.vision import build_vision_encoder
+
+TYPES = ["resnet", "convnext"]
+
+
+def build(type_: str, **kw):
+    torch.manual_seed(0)
+    cfg = VisionConfig(**{"type": type_, "image_size": 64, "patch_size": 16, "hidden_size": 32, "num_layers": 3,
+                          "feature_layer": -1, **kw})
+    return build_vision_encoder(cfg).eval(), cfg
+
+
+@pytest.mark.parametrize("type_", TYPES)
+@pytest.mark.parametrize(("layer", "grid", "width", "stride"), [(-1, 4, 32, 16), (-2, 8, 16, 8), (1, 16, 8, 4)])
+def test_stage_selection(type_: str, layer: int, grid: int, width: int, stride: int) -> None:
+    enc, cfg = build(type_, feature_layer=layer)
+    out = enc(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, grid * grid, width)  # [B, h*w, C]
+    assert enc.grid_size == (grid, grid) and enc.num_patches == grid * grid and enc.hidden_size == width
+    assert cfg.patch_size == stride and cfg.hidden_size == 32 and cfg.num_layers == 3
+
+
+@pytest.mark.parametrize("type_", TYPES)
+def test_features_are_the_stage_map_flattened_row_major(type_: str) -> None:
+    enc, _ = build(type_)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        fmap = enc.model(pixel_values=x, output_hidden_states=True).hidden_states[-1]  # [1, C, 4, 4]
+        out = enc(x)  # [1, 16, C]
+    assert torch.equal(out[0, 1 * 4 + 2], fmap[0, :, 1, 2])
+
+
+@pytest.mark.parametrize("type_", TYPES)
+def test_mismatched_stage_list_and_out_of_range(type_: str) -> None:
+    with pytest.raises(ConfigError, match="same shape"):
+        build(type_, feature_layer=[-1, -2])
+    with pytest.raises(ConfigError, match="hidden states"):
+        build(type_, feature_layer=7)
+    with pytest.raises(ConfigError, match="post_layernorm"):
+        build(type_, post_layernorm=True)
+
+
+def test_resnet_from_classification_checkpoint(tmp_path) -> None:
+    torch.manual_seed(0)
+    hf = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], layer_type="bottleneck")
+    ref = ResNetForImageClassification(hf).eval()
+    ref.save_pretrained(tmp_path)
+    cfg = VisionConfig(type="resnet", pretrained=str(tmp_path), image_size=64, patch_size=32, feature_layer=-1)
+    enc = build_vision_encoder(cfg).eval()
+    assert (cfg.num_layers, cfg.hidden_size, cfg.patch_size) == (4, 32, 32)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = ref.resnet(pixel_values=x, output_hidden_states=True).hidden_states[-1].flatten(2).transpose(1, 2)
+        assert torch.equal(enc(x), expected)
+
+
+def test_convnext_from_pretrained_dir(tmp_path) -> None:
+    torch.manual_seed(0)
+    ref = ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2)).eval()
+    ref.save_pretrained(tmp_path)
+    cfg = VisionConfig(type="convnext", pretrained=str(tmp_path), image_size=32, patch_size=8)
+    enc = build_vision_encoder(cfg).eval()
+    assert (cfg.num_layers, cfg.hidden_size, cfg.patch_size) == (2, 16, 4)  # default feature_layer -2: stage 1
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(enc(x), ref(pixel_values=x, output_hidden_states=True).hidden_states[-2]
+                           .flatten(2).transpose(1, 2))
+
+
+def test_frozen_resnet_keeps_batch_norm_statistics() -> None:
+    enc, _ = build("resnet")
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    before = {k: v.clone() for k, v in enc.state_dict().items() if "running_mean" in k}
+    enc.train()
+    enc(torch.randn(4, 3, 64, 64) * 3 + 1)
+    after = {k: v for k, v in enc.state_dict().items() if "running_mean" in k}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    for p in enc.parameters():
+        p.requires_grad_(True)
+    enc.train()
+    enc(torch.randn(4, 3, 64, 64) * 3 + 1)
+    assert not all(torch.equal(before[k], enc.state_dict()[k]) for k in before)
+
+
+def test_vlm_with_resnet_saves_and_loads(tmp_path) -> None:
+    spec = {"vision": {"type": "resnet", "image_size": 64, "patch_size": 16, "hidden_size": 32, "num_layers": 3,
+                       "feature_layer": -1, "frozen": False},
+            "connector": {"type": "mlp"},
+            "language": {"type": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2,
+                         "intermediate_size": 64}}
+    model, processor = vlmkit.build(spec)
+    model.train()
+    image = Image.new("RGB", (80, 48), "red")
+    batch = processor(images=[image], text="<image>\nWhat is this?")
+    assert model.vision_tower.num_patches == 16
+    model(**batch)  # one train-mode pass moves the batch-norm statistics: they must be saved too
+    vlmkit.save(model, processor, tmp_path / "m")
+    loaded, _ = vlmkit.load(tmp_path / "m")
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
