@@ -213,3 +213,13 @@ def test_synthetic_set_is_lazy_and_equals_generate() -> None:
         "shapes-0-000000", "shapes-0-000001", "shapes-0-000002", "caption-1-000000", "caption-1-000001"]
     with pytest.raises(IndexError):
         chained[5]
+
+
+def test_shapes_multi_turn_asks_about_one_image() -> None:
+    one, multi = make_sample("shapes", 7, 0), make_sample("shapes", 7, 0, turns=4)
+    assert multi.messages[:2] == one.messages  # turn 1 is the single-turn sample: same question and answer
+    assert [m["role"] for m in multi.messages] == ["user", "assistant"] * 4
+    assert sum(m["content"].count("<image>") for m in multi.messages) == 1 and len(multi.images) == 1
+    assert multi.meta["answer"] == multi.answer() == multi.messages[-1]["content"]
+    with pytest.raises(ConfigError, match="turns=0"):
+        make_sample("shapes", 0, 0, turns=0)

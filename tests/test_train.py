@@ -357,3 +357,15 @@ def test_generation_accuracy_reports_each_task() -> None:
     assert rec["valid_accuracy/captcha"] == pytest.approx(0.5)
     assert rec["valid_accuracy/caption"] == 0.0
     assert rec["valid_accuracy"] == pytest.approx(0.2)
+
+
+def test_synthetic_split_lazy_train_and_valid_options() -> None:
+    from vlmkit.data.synthetic import SyntheticSet
+    from vlmkit.train.loop import synthetic_split
+
+    train_set, valid = synthetic_split({"kind": "shapes", "n": 100_000, "turns": 3, "valid_n": 2,
+                                        "valid_options": {"turns": 1}})
+    assert isinstance(train_set, SyntheticSet) and len(train_set) == 100_000
+    assert len(train_set[5].messages) == 6 and [len(s.messages) for s in valid] == [2, 2]
+    with pytest.raises(ConfigError, match=r"data.synthetic\[0\].*unknown option"):
+        synthetic_split({"kind": "shapes", "n": 3, "colour": "red"})

@@ -9,6 +9,7 @@ from ..data.formats import DATA_FORMATS, read_records, scan_samples
 from ..data.split import DEFAULT_RATIOS, split_dataset
 from ..data.synthetic import SYNTHETIC, write_dataset
 from ..data.synthetic.writer import LAYOUTS
+from ..errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +31,8 @@ def _add_synth(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (use another seed for held-out data)")
     p.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="canvas size of shapes/caption images; width of captcha images")
+    p.add_argument("--length", type=int, default=None, metavar="N", help="captcha only: characters per captcha "
+                   "(default: 4)")
     p.add_argument("--layout", choices=LAYOUTS, default="llava", help="'folder' (captcha only): <label>.png files")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.set_defaults(run=run_synth)
@@ -63,6 +66,10 @@ def _add_check(actions: argparse._SubParsersAction) -> None:
 
 def run_synth(args: argparse.Namespace) -> int:
     options = {} if args.image_size is None else {"image_size": args.image_size}
+    if args.length is not None:
+        if args.kind != "captcha":
+            raise ConfigError(f"--length applies to captcha data only, not '{args.kind}'")
+        options["length"] = args.length
     path = write_dataset(args.kind, args.n, args.out, args.seed, layout=args.layout, overwrite=args.overwrite,
                          **options)
     print(f"wrote {args.n} {args.kind} samples (seed {args.seed}) to {path}")

@@ -19,6 +19,8 @@ from ..data.synthetic import generate
 from ..eval.metrics.exact import exact_match
 from ..eval.metrics.grounding import iou, parse_box
 from ..generation import Engine, GenerationConfig
+from ..generation.engine import Request
+from ..train.dataset import prompt_messages
 from .ask import resolve_model
 
 HELD_OUT_SEED = 2026
@@ -56,7 +58,7 @@ def question_of(sample: Sample) -> str:
 
 def answer_all(engine: Engine, samples: list[Sample], batch_size: int) -> list[str]:
     config = GenerationConfig(max_new_tokens=24)
-    requests = [([{"role": "user", "content": "<image>" + question_of(s)}], s.images) for s in samples]
+    requests = [Request(prompt_messages(s), list(s.images)) for s in samples]  # the prompt as trained
     return [r.text for r in engine.generate(requests, config, batch_size=batch_size)]
 
 

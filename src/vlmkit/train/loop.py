@@ -114,11 +114,13 @@ def synthetic_split(entry: dict[str, Any], index: int = 0) -> tuple[Sequence[Sam
     if kind is None:
         raise ConfigError(f"data.synthetic[{index}]: needs 'kind' (shapes, captcha or caption)")
     n, seed, valid_n = int(opts.pop("n", 1000)), int(opts.pop("seed", 0)), int(opts.pop("valid_n", 0))
+    valid_opts = {**opts, **dict(opts.pop("valid_options", None) or {})}  # e.g. single-turn validation
+    valid_opts.pop("valid_options", None)
     try:
         train = SyntheticSet(kind, n, seed, **opts)
     except ConfigError as e:
         raise ConfigError(f"data.synthetic[{index}]: {e}") from None
-    valid = generate(kind, valid_n, seed + VALID_SEED_OFFSET, **opts) if valid_n > 0 else []
+    valid = generate(kind, valid_n, seed + VALID_SEED_OFFSET, **valid_opts) if valid_n > 0 else []
     return train, valid
 
 

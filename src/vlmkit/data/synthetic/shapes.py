@@ -159,25 +159,36 @@ def _question(rng: random.Random, task: str, shapes: Sequence[Shape], size: int)
 # ---------------------------------------------------------------------------------------------- samples
 def shapes_sample(
     rng: random.Random, sample_id: str, image_size: int = 96, tasks: Sequence[str] | str | None = None,
-    max_shapes: int = 5,
+    max_shapes: int = 5, turns: int = 1,
 ) -> Sample:
-    """One shapes image and one question; the task goes to meta["task"] (count/color/position/grounding).
+    """One shapes image and `turns` questions about it (a multi-turn chat; the image comes with the first).
 
+    meta["task"] / meta["answer"] (and a grounding turn's "bbox" / "ref") describe the last turn, the one
+    `Sample.answer()` returns. Several turns per image give training many answers per image encoding.
     A task that cannot be asked about this scene (no unique shape kind for `color`, shapes too close for
     `position`) falls back to `count` when `count` is allowed, else to `grounding`.
     """
+    if turns < 1:
+        raise ConfigError(f"shapes turns={turns}; use 1 or more questions per image")
     allowed = _tasks(tasks)
     shapes = make_scene(rng, image_size, max_shapes)
-    task = rng.choice(allowed)
-    qa = _question(rng, task, shapes, image_size)
-    if qa is None:
-        task = "count" if "count" in allowed else "grounding"
-        qa = _question(rng, task, shapes, image_size)
-    question, answer, extra = qa
+    messages: list[dict[str, str]] = []
+    for turn in range(turns):
+        task, (question, answer, extra) = _pick_question(rng, allowed, shapes, image_size)
+        prefix = f"{IMAGE_TOKEN}\n" if turn == 0 else ""
+        messages += [{"role": "user", "content": prefix + question}, {"role": "assistant", "content": answer}]
     meta: dict[str, object] = {"task": task, "answer": answer, "image_size": [image_size, image_size],
                                "shapes": [s.to_dict() for s in shapes], **extra}
-    messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\n{question}"}, {"role": "assistant", "content": answer}]
     return Sample(sample_id, messages, [draw_scene(shapes, image_size)], meta)
+
+
+def _pick_question(rng: random.Random, allowed: list[str], shapes: Sequence[Shape], size: int):
+    task = rng.choice(allowed)
+    qa = _question(rng, task, shapes, size)
+    if qa is None:
+        task = "count" if "count" in allowed else "grounding"
+        qa = _question(rng, task, shapes, size)
+    return task, qa
 
 
 def _tasks(tasks: Sequence[str] | str | None) -> list[str]:
