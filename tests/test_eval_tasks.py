@@ -301,6 +301,18 @@ def test_synthetic_tasks_are_deterministic_and_held_out():
         load("captcha", count=1, split="test")
 
 
+def test_captcha_task_reads_a_label_folder(tmp_path):
+    from vlmkit.data.synthetic import write_dataset
+
+    write_dataset("captcha", 3, tmp_path / "caps", seed=5, layout="folder", length=5)
+    items = load("captcha", data=tmp_path / "caps")
+    assert sorted(it.target for it in items) == sorted(p.stem for p in (tmp_path / "caps").glob("*.png"))
+    assert all(len(it.target) == 5 and it.question == "What is the text in the image?" for it in items)
+    assert items[0].meta["image_size"] == [160, 60]
+    with pytest.raises(VlmkitError, match="not a folder"):
+        load("captcha", data=tmp_path / "absent")
+
+
 def test_prompt_templates_are_data_and_checked():
     item = load("shapes", count=1)[0]
     assert render_prompt("Q: {question}\nA:", item) == f"Q: {item.question}\nA:"

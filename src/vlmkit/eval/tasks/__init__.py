@@ -84,7 +84,7 @@ _add("shapes", "synthetic shapes questions, exact match", partial(load_synthetic
      "[--limit N] [--split SEED]")
 _add("grounding", "synthetic shapes grounding, Acc@0.5", partial(load_synthetic, "grounding"), score_grounding, 48,
      "[--limit N] [--split SEED]")
-_add("captcha", "synthetic captcha text, exact match", partial(load_synthetic, "captcha"), score_exact, 16,
-     "[--limit N] [--split SEED]")
+_add("captcha", "captcha text, exact match (synthetic, or a folder of <text>.png)", partial(load_synthetic, "captcha"),
+     score_exact, 16, "[--limit N] [--split SEED] | --data CAPTCHA_FOLDER")
 
 __all__ = ["PROMPTS", "TASKS", "EvalItem", "Scores", "Task", "TaskSource", "render_prompt"]

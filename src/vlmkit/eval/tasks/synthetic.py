@@ -3,7 +3,7 @@
 This module owns turning generated `Sample`s into items (the question as the model was trained on it, the
 expected answer, and for grounding the pixel box and image size) and their reports: exact-match accuracy per
 sub-task for `shapes` (count / color / position), Acc@0.5 and mean IoU for `grounding`, exact and relaxed
-match for `captcha`. `--limit N` sets how many samples are generated (default 200) and `--split K` the
+match for `captcha` (which also reads a folder of `<text>.png` captchas with `--data DIR`). `--limit N` sets how many samples are generated (default 200) and `--split K` the
 generation seed (default 1000, so the set is held out from data written with the default seed 0).
 """
 
@@ -34,8 +34,11 @@ def _seed(split: str | None) -> int:
 
 
 def load_synthetic(task: str, src: TaskSource) -> list[EvalItem]:
-    kind, options = KINDS[task]
-    samples = generate(kind, src.count or DEFAULT_COUNT, _seed(src.split), **options)
+    if task == "captcha" and src.data is not None:
+        samples = _captcha_folder(src)
+    else:
+        kind, options = KINDS[task]
+        samples = generate(kind, src.count or DEFAULT_COUNT, _seed(src.split), **options)
     items = []
     for s in samples:
         user = next(m["content"] for m in s.messages if m["role"] == "user")
@@ -44,6 +47,29 @@ def load_synthetic(task: str, src: TaskSource) -> list[EvalItem]:
         meta = {"task": s.meta["task"], "image_size": list(s.meta["image_size"])}
         items.append(EvalItem(s.id, question, list(s.images), target, meta))
     return items
+
+
+def _captcha_folder(src: TaskSource) -> list:
+    """A folder of captcha images named by their text (e.g. the test/ part of `vlmkit data split`)."""
+    from ...data.formats import load_samples
+
+    if not src.data.is_dir():
+        raise VlmkitError(f"--data {src.data}: not a folder of captcha images (<text>.png)")
+    samples, _ = load_samples(src.data, fmt="folder")
+    for s in samples:
+        s.meta.setdefault("task", "captcha")
+        s.meta.setdefault("answer", s.answer())
+        s.meta.setdefault("image_size", list(_size(s.images[0])))
+    return samples[: src.count] if src.count else samples
+
+
+def _size(image: object) -> tuple[int, int]:
+    from PIL import Image
+
+    if hasattr(image, "size"):
+        return image.size  # type: ignore[return-value]
+    with Image.open(image) as im:  # type: ignore[arg-type]
+        return im.size
 
 
 def score_exact(items: Sequence[EvalItem], preds: Mapping[str, str]) -> Scores:
