@@ -8,9 +8,10 @@ from PIL import Image
 from transformers import ConvNextConfig, ConvNextModel, ResNetConfig, ResNetForImageClassification
 
 import vlmkit
-from vlmkit.config import VisionConfig
+from vlmkit.config import VisionConfig, from_dict
 from vlmkit.errors import ConfigError
 from vlmkit.models.vision import build_vision_encoder
+from vlmkit.models.vision.conv import sincos_2d
 
 TYPES = ["resnet", "convnext"]
 
@@ -112,3 +113,21 @@ def test_vlm_with_resnet_saves_and_loads(tmp_path) -> None:
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
+
+
+def test_sincos2d_position_encoding_is_added_and_encodes_row_and_column() -> None:
+    plain, _ = build("resnet")
+    enc, cfg = build("resnet", position_encoding="sincos2d")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        diff = enc(x) - plain(x)  # [1, 16, 32]: same weights (same seed), so only the positions differ
+    pos = sincos_2d(4, 4, 32)
+    torch.testing.assert_close(diff[0], pos)
+    assert torch.equal(pos[1, :16], pos[2, :16]) and not torch.equal(pos[1, 16:], pos[2, 16:])  # same row
+    assert torch.equal(pos[1, 16:], pos[5, 16:]) and not torch.equal(pos[1, :16], pos[5, :16])  # same column
+    assert "position_encoding" not in enc.state_dict()  # derived, not saved
+    with pytest.raises(ConfigError, match="CNN towers"):
+        build_vision_encoder(VisionConfig(type="clip", image_size=32, patch_size=8, hidden_size=32, num_layers=1,
+                                          num_heads=2, intermediate_size=64, position_encoding="sincos2d"))
+    with pytest.raises(ConfigError, match="allowed: none, sincos2d"):
+        from_dict(VisionConfig, {"type": "resnet", "position_encoding": "learned"}, "vision")

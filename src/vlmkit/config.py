@@ -165,6 +165,9 @@ class VisionConfig:
     """Drop the CLS token from the features (LLaVA's 'default' strategy)."""
     post_layernorm: bool = False
     """Apply the tower's final LayerNorm to the selected features (BLIP-2's ln_vision)."""
+    position_encoding: str = "none"
+    """CNN towers (resnet, convnext): `sincos2d` adds fixed 2D sine-cosine positions to the features (as DETR
+    does), so the LLM knows each token's row and column (boxes, reading order); `none` leaves them as they are."""
     pad_to_square: bool = False
     image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
     image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
@@ -180,6 +183,8 @@ class VisionConfig:
             )
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ConfigError(f"{path}.image_mean and image_std need 3 values (R, G, B)")
+        if self.position_encoding not in ("none", "sincos2d"):
+            raise ConfigError(f"{path}.position_encoding='{self.position_encoding}'; allowed: none, sincos2d")
         if self.resample not in ("bicubic", "bilinear", "nearest", "lanczos"):
             raise ConfigError(f"{path}.resample='{self.resample}'; allowed: bicubic, bilinear, nearest, lanczos")
 

@@ -116,7 +116,8 @@ class OptimConfig:
 @dataclass
 class RunConfig:
     model: Any = "llava-tiny"
-    """Preset name, model config file, saved model directory, or an inline model config mapping."""
+    """Preset name, model config file, saved model directory (`default`: the packaged default model), or an
+    inline model config mapping."""
     data: DataConfig = field(default_factory=DataConfig)
     stage: str = "sft"
     freeze: FreezeConfig = field(default_factory=FreezeConfig)

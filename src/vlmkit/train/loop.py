@@ -58,8 +58,8 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError(f"train.best_metric='{cfg.train.best_metric}'; allowed: {', '.join(BEST_METRICS)}")
     if cfg.train.best_metric == "valid_accuracy" and not cfg.data.eval_generate:
         raise ConfigError("train.best_metric=valid_accuracy needs data.eval_generate: true")
-    if isinstance(cfg.model, str) and Path(cfg.model).is_dir():
-        read_config(Path(cfg.model))
+    if model_dir(cfg.model) is not None:
+        read_config(model_dir(cfg.model))
     else:
         api.resolve_config(cfg.model)
     if cfg.template is not None:
@@ -72,12 +72,21 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def model_dir(spec: Any) -> Path | None:
+    """The saved model directory `model:` names: a directory, or `default` (the packaged default model)."""
+    if spec == "default":
+        from ..generation.engine import default_model_dir
+
+        return default_model_dir()
+    return Path(spec) if isinstance(spec, str) and Path(spec).is_dir() else None
+
+
 def build_model(cfg: RunConfig) -> tuple[VLMModel, VLMProcessor]:
     """The model of `cfg.model`: a saved directory is loaded, anything else built (seeded: reproducible)."""
     seed_all(cfg.train.seed)
     spec = cfg.model
-    if isinstance(spec, str) and Path(spec).is_dir():
-        model, processor = api.load(spec)
+    if model_dir(spec) is not None:
+        model, processor = api.load(model_dir(spec))
     else:
         model, processor = api.build(spec)
     if cfg.template is not None:

@@ -21,10 +21,15 @@ class VisionEncoder(nn.Module, ABC):
     """
 
     has_cls: bool = True
+    supports_position_encoding: bool = False
+    """Whether `config.position_encoding` may add positions to the output (CNN towers; ViTs have their own)."""
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         self.config = config
+        if config.position_encoding != "none" and not self.supports_position_encoding:
+            raise ConfigError(f"vision.position_encoding={config.position_encoding} is for CNN towers (resnet, "
+                              f"convnext); the '{config.type}' encoder has its own position embeddings: use none")
 
     # ------------------------------------------------------------------------------------------ contract
     @property

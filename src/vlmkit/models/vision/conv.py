@@ -9,6 +9,8 @@ The VisionConfig fields mean, for these towers:
 - `patch_size`: the stride of the selected stage (derived, written back when the tower is built).
 CNNs learn from scratch on small data far faster than ViTs, which is why the embedded default model uses one.
 A frozen tower keeps its batch-norm statistics fixed (it stays in eval mode while the rest trains).
+CNN features say little about where they are; `position_encoding: sincos2d` adds fixed 2D positions (DETR adds
+them to its ResNet features for the same reason), which grounding and reading text left to right need.
 """
 
 from __future__ import annotations
@@ -27,10 +29,26 @@ _STEM_STRIDE = 4
 """Both towers' stems reduce the image by 4 (ResNet: stride-2 conv + max-pool; ConvNeXt: 4x4 patchify)."""
 
 
+def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
+    """Fixed 2D sine-cosine positions [height * width, dim] (row-major): the first half of the channels encode
+    the row, the second half the column, each as sin / cos at dim / 4 frequencies (MAE / DETR style)."""
+    if dim % 4:
+        raise ConfigError(f"vision.position_encoding=sincos2d needs features divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))  # [D/4]
+    rows = torch.arange(height, dtype=torch.float32)[:, None].expand(height, width).reshape(-1)  # [H*W]
+    cols = torch.arange(width, dtype=torch.float32)[None, :].expand(height, width).reshape(-1)  # [H*W]
+    parts = []
+    for pos in (rows, cols):
+        angle = pos[:, None] * omega[None, :]  # [H*W, D/4]
+        parts += [angle.sin(), angle.cos()]
+    return torch.cat(parts, dim=1)  # [H*W, D]
+
+
 class HFConvEncoder(HFVisionEncoder):
     """Shared wrapper around a transformers CNN backbone whose hidden states are stage outputs [B, C, H, W]."""
 
     has_cls = False
+    supports_position_encoding = True
 
     def __init__(self, config: VisionConfig) -> None:
         if config.post_layernorm:
@@ -38,6 +56,8 @@ class HFConvEncoder(HFVisionEncoder):
                               "(a CNN has no final LayerNorm); set it to false")
         super().__init__(config)
         self._check_layers()
+        pos = sincos_2d(*self.grid_size, self.hidden_size) if config.position_encoding == "sincos2d" else None
+        self.register_buffer("position_encoding", pos, persistent=False)  # [h*w, D] or None
 
     # ---------------------------------------------------------------------------------------- building
     def _size_fields(self) -> dict[str, Any]:
@@ -102,6 +122,12 @@ class HFConvEncoder(HFVisionEncoder):
         pixel_values = pixel_values.to(self.model.dtype)  # [B, 3, H, W]
         out = self.model(pixel_values=pixel_values, output_hidden_states=True)
         return tuple(h.flatten(2).transpose(1, 2) for h in out.hidden_states)  # each [B, h*w, C]
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = super().forward(pixel_values)  # [B, h*w, D]
+        if self.position_encoding is not None:
+            x = x + self.position_encoding.to(x.dtype)
+        return x
 
     def final_layernorm(self, x: torch.Tensor) -> torch.Tensor:
         raise ConfigError(f"vision.post_layernorm is not supported by the '{self.config.type}' encoder")
