@@ -369,3 +369,14 @@ def test_synthetic_split_lazy_train_and_valid_options() -> None:
     assert len(train_set[5].messages) == 6 and [len(s.messages) for s in valid] == [2, 2]
     with pytest.raises(ConfigError, match=r"data.synthetic\[0\].*unknown option"):
         synthetic_split({"kind": "shapes", "n": 3, "colour": "red"})
+
+
+def test_default_model_recipe_configs_are_valid() -> None:
+    stage1 = RunConfig.from_file(ROOT / "configs" / "default" / "stage1_captcha.yaml")
+    check_config(stage1)
+    stage2 = RunConfig.from_file(ROOT / "configs" / "default" / "train.yaml")
+    assert stage2.model == stage1.output_dir + "/final"  # stage 2 continues from stage 1
+    assert {e["kind"] for e in stage2.data.synthetic} == {"shapes", "captcha", "caption"}
+    model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
+    assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
+    assert model.num_image_tokens == 36
