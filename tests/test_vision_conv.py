@@ -49,6 +49,8 @@ def test_mismatched_stage_list_and_out_of_range(type_: str) -> None:
         build(type_, feature_layer=[-1, -2])
     with pytest.raises(ConfigError, match="hidden states"):
         build(type_, feature_layer=7)
+    with pytest.raises(ConfigError, match="not a multiple of the selected stage's stride 16"):
+        build(type_, image_size=72, patch_size=8)
     with pytest.raises(ConfigError, match="post_layernorm"):
         build(type_, post_layernorm=True)
 

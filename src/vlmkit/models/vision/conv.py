@@ -107,6 +107,10 @@ class HFConvEncoder(HFVisionEncoder):
     def _check_layers(self) -> None:
         stages = [self._stage_index(layer) for layer in self.layers]
         shapes = {(self._stage_widths()[s], self.stage_stride(s)) for s in stages}
+        stride = self.stage_stride(stages[0])
+        if self.config.image_size % stride:
+            raise ConfigError(f"vision.image_size={self.config.image_size} is not a multiple of the selected "
+                              f"stage's stride {stride}; use a multiple of {stride}")
         if len(shapes) > 1:
             raise ConfigError(
                 f"vision.feature_layer={self.config.feature_layer}: the stages differ in channels or stride; "
