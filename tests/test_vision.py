@@ -199,10 +199,10 @@ def test_missing_pretrained_dir(type_: str, tmp_path) -> None:
 
 def test_unknown_type_lists_known() -> None:
     with pytest.raises(ConfigError) as info:
-        build_vision_encoder(VisionConfig(type="resnet"))
+        build_vision_encoder(VisionConfig(type="dinov2"))
     message = str(info.value)
-    assert "resnet" in message
-    assert all(name in message for name in TYPES)
+    assert "dinov2" in message
+    assert all(name in message for name in [*TYPES, "resnet", "convnext"])
 
 
 def test_pretrained_dir_without_weights(tmp_path) -> None:
