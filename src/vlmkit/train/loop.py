@@ -58,8 +58,9 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError(f"train.best_metric='{cfg.train.best_metric}'; allowed: {', '.join(BEST_METRICS)}")
     if cfg.train.best_metric == "valid_accuracy" and not cfg.data.eval_generate:
         raise ConfigError("train.best_metric=valid_accuracy needs data.eval_generate: true")
-    if model_dir(cfg.model) is not None:
-        read_config(model_dir(cfg.model))
+    directory = model_dir(cfg.model)
+    if directory is not None:
+        read_config(directory)
     else:
         api.resolve_config(cfg.model)
     if cfg.template is not None:
@@ -84,11 +85,11 @@ def model_dir(spec: Any) -> Path | None:
 def build_model(cfg: RunConfig) -> tuple[VLMModel, VLMProcessor]:
     """The model of `cfg.model`: a saved directory is loaded, anything else built (seeded: reproducible)."""
     seed_all(cfg.train.seed)
-    spec = cfg.model
-    if model_dir(spec) is not None:
-        model, processor = api.load(model_dir(spec))
+    directory = model_dir(cfg.model)
+    if directory is not None:
+        model, processor = api.load(directory)
     else:
-        model, processor = api.build(spec)
+        model, processor = api.build(cfg.model)
     if cfg.template is not None:
         processor.template = get_template(cfg.template)
         model.config.template = cfg.template
@@ -123,8 +124,8 @@ def synthetic_split(entry: dict[str, Any], index: int = 0) -> tuple[Sequence[Sam
     if kind is None:
         raise ConfigError(f"data.synthetic[{index}]: needs 'kind' (shapes, captcha or caption)")
     n, seed, valid_n = int(opts.pop("n", 1000)), int(opts.pop("seed", 0)), int(opts.pop("valid_n", 0))
-    valid_opts = {**opts, **dict(opts.pop("valid_options", None) or {})}  # e.g. single-turn validation
-    valid_opts.pop("valid_options", None)
+    valid_overrides = dict(opts.pop("valid_options", None) or {})  # e.g. single-turn validation
+    valid_opts = {**opts, **valid_overrides}
     try:
         train = SyntheticSet(kind, n, seed, **opts)
     except ConfigError as e:
