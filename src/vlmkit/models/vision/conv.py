@@ -133,9 +133,6 @@ class HFConvEncoder(HFVisionEncoder):
             x = x + self.position_encoding.to(x.dtype)
         return x
 
-    def final_layernorm(self, x: torch.Tensor) -> torch.Tensor:
-        raise ConfigError(f"vision.post_layernorm is not supported by the '{self.config.type}' encoder")
-
     def train(self, mode: bool = True) -> HFConvEncoder:
         super().train(mode)
         if mode and not any(p.requires_grad for p in self.parameters()):
