@@ -122,6 +122,17 @@ def test_pixel_shuffle_merges_blocks() -> None:
     assert merged[0, :, ::VISION_DIM].tolist() == [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
 
 
+def test_pixel_shuffle_norm_makes_output_scale_free() -> None:
+    """With `norm: true` (InternVL's mlp1) the merged tokens are layer-normed first: scaling the features by 1000
+    leaves the output unchanged; without it the output scales along."""
+    normed, plain = make("pixel_shuffle", norm=True), make("pixel_shuffle")
+    assert isinstance(normed.norm, torch.nn.LayerNorm) and normed.norm.normalized_shape == (4 * VISION_DIM,)
+    assert plain.norm is None
+    x = features()
+    torch.testing.assert_close(normed(1000 * x), normed(x), rtol=1e-4, atol=1e-4)
+    assert plain(1000 * x).norm() > 100 * plain(x).norm()
+
+
 def test_conv_downsample_composes_with_glu() -> None:
     conv = make("conv_downsample")
     assert conv.conv.kernel_size == (2, 2) and conv.conv.stride == (2, 2)

@@ -372,7 +372,7 @@ def test_synthetic_split_lazy_train_and_valid_options() -> None:
 
 
 def test_default_model_recipe_configs_are_valid() -> None:
-    stage1 = RunConfig.from_file(ROOT / "configs" / "default" / "stage1_captcha.yaml")
+    stage1 = RunConfig.from_file(ROOT / "configs" / "default" / "stage1_read.yaml")
     check_config(stage1)
     stage2 = RunConfig.from_file(ROOT / "configs" / "default" / "train.yaml")
     assert stage2.model == stage1.output_dir + "/final"  # stage 2 continues from stage 1

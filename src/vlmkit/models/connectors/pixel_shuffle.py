@@ -34,6 +34,9 @@ class PixelShuffleConnector(Connector):
         factor: int = 2
         num_layers: int = 1
         """1: one Linear; >1: that many Linears with GELU between them."""
+        norm: bool = False
+        """LayerNorm over each merged token before the projection (InternVL's `mlp1`: LayerNorm, Linear, GELU,
+        Linear); it keeps the LM's inputs at a sane scale whatever the tower's feature magnitudes."""
 
         def validate(self, path: str = "connector") -> None:
             if self.factor < 1:
@@ -46,6 +49,7 @@ class PixelShuffleConnector(Connector):
         self.grid = self.require_grid()
         check_divisible(self.grid, options.factor, "pixel_shuffle")
         dims = [ctx.vision_dim * options.factor**2] + [ctx.text_dim] * options.num_layers
+        self.norm = nn.LayerNorm(dims[0]) if options.norm else None
         for i in range(options.num_layers):
             self.add_module(f"linear_{i + 1}", nn.Linear(dims[i], dims[i + 1]))
         self.act = nn.GELU()
@@ -59,6 +63,8 @@ class PixelShuffleConnector(Connector):
         grid = feature_grid(features.shape[1], self.grid, "pixel_shuffle")
         check_divisible(grid, self.options.factor, "pixel_shuffle")
         x = space_to_depth(features, grid, self.options.factor)  # [B, N/f^2, f^2*Dv]
+        if self.norm is not None:
+            x = self.norm(x)
         for i in range(self.options.num_layers):
             if i:
                 x = self.act(x)
