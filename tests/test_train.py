@@ -359,6 +359,21 @@ def test_generation_accuracy_reports_each_task() -> None:
     assert rec["valid_accuracy"] == pytest.approx(0.2)
 
 
+def test_validation_scores_grounding_by_iou() -> None:
+    from vlmkit.data.synthetic import generate
+    from vlmkit.train.validation import answer_is_right
+
+    ground = generate("shapes", 1, 3, tasks="grounding")[0]
+    x0, y0, x1, y1 = ground.meta["bbox"]
+    w, h = ground.meta["image_size"]
+    assert answer_is_right(ground.answer(), ground)
+    shifted = [round((x0 + 2) / w * 1000), round(y0 / h * 1000), round((x1 + 2) / w * 1000), round(y1 / h * 1000)]
+    assert answer_is_right("[[{:03d},{:03d},{:03d},{:03d}]]".format(*shifted), ground)  # IoU >= 0.5, not exact
+    assert not answer_is_right("[[000,000,010,010]]", ground) and not answer_is_right("somewhere", ground)
+    count = generate("shapes", 1, 3, tasks="count")[0]
+    assert answer_is_right(f"  {count.answer()} ", count) and not answer_is_right(count.answer() + "0", count)
+
+
 def test_synthetic_split_lazy_train_and_valid_options() -> None:
     from vlmkit.data.synthetic import SyntheticSet
     from vlmkit.train.loop import synthetic_split
