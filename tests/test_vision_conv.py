@@ -98,6 +98,22 @@ def test_frozen_resnet_keeps_batch_norm_statistics() -> None:
     assert not all(torch.equal(before[k], enc.state_dict()[k]) for k in before)
 
 
+def test_lora_on_a_frozen_resnet_keeps_batch_norm_statistics() -> None:
+    """Only adapters train (ConLoRA on the stages' convolutions): the statistics stay as loaded, since the adapter
+    checkpoint would not carry them."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    enc, _ = build("resnet")
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=2, target_modules=r".*stages\.0\..*convolution"), enc)
+    assert any(p.requires_grad for p in enc.parameters())
+    before = {k: v.clone() for k, v in enc.state_dict().items() if "running_mean" in k}
+    enc.train()
+    enc(torch.randn(4, 3, 64, 64) * 3 + 1)
+    assert all(torch.equal(before[k], enc.state_dict()[k]) for k in before)
+
+
 def test_vlm_with_resnet_saves_and_loads(tmp_path) -> None:
     spec = {"vision": {"type": "resnet", "image_size": 64, "patch_size": 16, "hidden_size": 32, "num_layers": 3,
                        "feature_layer": -1, "frozen": False},

@@ -8,7 +8,7 @@ The VisionConfig fields mean, for these towers:
 - `feature_layer`: the stage to read (-1 last; 0 is the stem), a list takes stages of equal shape;
 - `patch_size`: the stride of the selected stage (derived, written back when the tower is built).
 CNNs learn from scratch on small data far faster than ViTs, which is why the embedded default model uses one.
-A frozen tower keeps its batch-norm statistics fixed (it stays in eval mode while the rest trains).
+A frozen tower (LoRA adapters on it included) keeps its batch-norm statistics fixed: it stays in eval mode.
 CNN features say little about where they are; `position_encoding: sincos2d` adds fixed 2D positions (DETR adds
 them to its ResNet features for the same reason), which grounding and reading text left to right need.
 """
@@ -135,8 +135,10 @@ class HFConvEncoder(HFVisionEncoder):
 
     def train(self, mode: bool = True) -> HFConvEncoder:
         super().train(mode)
-        if mode and not any(p.requires_grad for p in self.parameters()):
-            self.model.eval()  # frozen: batch-norm statistics stay as loaded
+        if mode and not any(p.requires_grad for n, p in self.named_parameters() if "lora_" not in n):
+            # frozen base weights (LoRA adapters may train): batch-norm statistics stay as loaded, since an
+            # adapter checkpoint would not carry statistics updated during training
+            self.model.eval()
         return self
 
 
