@@ -391,6 +391,8 @@ def test_default_model_recipe_configs_are_valid() -> None:
     check_config(stage1)
     stage2 = RunConfig.from_file(ROOT / "configs" / "default" / "train.yaml")
     assert stage2.model == stage1.output_dir + "/final"  # stage 2 continues from stage 1
+    stage3 = RunConfig.from_file(ROOT / "configs" / "default" / "stage3.yaml")
+    assert stage3.model == stage2.output_dir + "/final" and stage3.data.synthetic == stage2.data.synthetic
     assert {e["kind"] for e in stage2.data.synthetic} == {"shapes", "captcha", "caption"}
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
