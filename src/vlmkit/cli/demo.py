@@ -16,11 +16,11 @@ from PIL import Image, ImageDraw
 
 from ..data.sample import Sample
 from ..data.synthetic import generate
-from ..eval.metrics.exact import exact_match
-from ..eval.metrics.grounding import iou, parse_box
+from ..eval.metrics.grounding import parse_box
 from ..generation import Engine, GenerationConfig
 from ..generation.engine import Request
 from ..train.dataset import prompt_messages
+from ..train.validation import answer_is_right
 from .ask import resolve_model
 
 HELD_OUT_SEED = 2026
@@ -44,14 +44,6 @@ def held_out(n: int, seed: int) -> list[Sample]:
     return generate("shapes", n - n_captcha, seed) + generate("captcha", n_captcha, seed)
 
 
-def correct(sample: Sample, answer: str) -> bool:
-    if sample.meta["task"] == "grounding":
-        w, h = sample.meta["image_size"]
-        box = parse_box(answer, w, h)
-        return box is not None and iou(box, sample.meta["bbox"]) >= 0.5
-    return exact_match(answer, sample.meta["answer"])
-
-
 def question_of(sample: Sample) -> str:
     return next(m["content"] for m in sample.messages if m["role"] == "user").replace("<image>", "").strip()
 
@@ -69,7 +61,7 @@ def print_table(samples: list[Sample], answers: list[str]) -> None:
     rows = [(task, *shown[task]) for task in SHOWCASE if task in shown]
     print(f"{'task':<10} {'question':<58} {'expected':<20} {'answer':<20}")
     for task, s, a in rows:
-        mark = "ok" if correct(s, a) else "MISS"
+        mark = "ok" if answer_is_right(a, s) else "MISS"
         print(f"{task:<10} {_clip(question_of(s), 57):<58} {s.meta['answer']:<20} {_clip(a, 20):<20} {mark}")
 
 
@@ -82,7 +74,7 @@ def print_scores(samples: list[Sample], answers: list[str]) -> None:
     groups: dict[str, list[bool]] = defaultdict(list)
     for s, a in zip(samples, answers):
         key = s.meta["task"] if s.meta["task"] in ("grounding", "captcha") else "shapes questions"
-        groups[key].append(correct(s, a))
+        groups[key].append(answer_is_right(a, s))
     total = [ok for v in groups.values() for ok in v]
     print(f"\naccuracy on {len(total)} held-out samples (seed {samples[0].id.split('-')[1]}): "
           f"{100 * sum(total) / len(total):.1f}%")
