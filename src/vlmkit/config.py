@@ -28,6 +28,7 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 # Keys written into config.json next to the model config that are not part of it.
 META_KEYS = ("vlmkit_version",)
+IMAGE_POSITIONS = ("sequential", "shared")
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -259,6 +260,10 @@ class VLMConfig:
     language: LanguageConfig = field(default_factory=LanguageConfig)
     fusion: dict[str, Any] | None = None
     """Deep fusion inside the LLM (e.g. {"type": "visual_expert"}); None for prefix-only models."""
+    image_positions: str = "sequential"
+    """Position ids of image tokens: "sequential" (0, 1, 2, ... like text; LLaVA) or "shared" (every token of
+    one image at one position, text counting on from the next; CogVLM). Shared positions keep RoPE from
+    rotating a question's query differently against every image token, so attention can match on content."""
     template: str = "vicuna"
     """Chat template registry ID used by the processor."""
     max_length: int = 2048
@@ -272,6 +277,8 @@ class VLMConfig:
             raise ConfigError(f"dtype='{self.dtype}'; allowed: float32, bfloat16, float16")
         if self.fusion is not None and "type" not in self.fusion:
             raise ConfigError("fusion: needs a 'type' key")
+        if self.image_positions not in IMAGE_POSITIONS:
+            raise ConfigError(f"image_positions='{self.image_positions}'; allowed: {', '.join(IMAGE_POSITIONS)}")
 
     # -------------------------------------------------------------------------------------------- I/O
     @classmethod

@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from ..errors import VlmkitError
-from ..models.vlm import VLMModel, positions_from_mask
+from ..models.vlm import VLMModel
 from ..processing import Encoded, ImageInput, VLMBatch, VLMProcessor
 from ..templates import Template, get_template
 from .sampling import GenerationConfig, TokenChooser
@@ -176,12 +176,7 @@ class Engine:
 
     def position_ids(self, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         """Positions of a whole (uncached) prompt, as the model computes them: [B, L]."""
-        fusion = self.model.fusion
-        if fusion is not None:
-            pos = fusion.position_ids(token_type_ids, attention_mask)
-            if pos is not None:
-                return pos
-        return positions_from_mask(attention_mask, attention_mask.shape[1])
+        return self.model.position_ids(attention_mask, token_type_ids)
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=getattr(self.model.language_model, "config", None))

@@ -32,6 +32,8 @@ def check_llava_compatible(model: VLMModel) -> None:
         problems.append("the connector is not a 2-layer 'mlp'")
     if cfg.fusion is not None:
         problems.append("the model has a deep fusion")
+    if cfg.image_positions != "sequential":
+        problems.append(f"image_positions is '{cfg.image_positions}' (LLaVA numbers image tokens like text)")
     if problems:
         raise VlmkitError("cannot express this model as LlavaForConditionalGeneration: " + "; ".join(problems))
 

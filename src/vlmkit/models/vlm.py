@@ -160,10 +160,7 @@ class VLMModel(nn.Module):
             raise VlmkitError(f"logits_to_keep='{logits_to_keep}'; allowed: all, last, labels")
         embeds = self.embed(input_ids, pixel_values, image_features)  # [B, L, D]
         if position_ids is None and attention_mask is not None:
-            if self.fusion is not None and past_key_values is None and token_type_ids is not None:
-                position_ids = self.fusion.position_ids(token_type_ids, attention_mask)
-            if position_ids is None:
-                position_ids = positions_from_mask(attention_mask, input_ids.shape[1])  # [B, L]
+            position_ids = self._default_positions(input_ids, attention_mask, token_type_ids, past_key_values)
         extra = self.fusion.forward_kwargs(token_type_ids, position_ids) if self.fusion is not None else {}
         inputs = dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                       past_key_values=past_key_values, use_cache=use_cache, **extra)
@@ -179,6 +176,32 @@ class VLMModel(nn.Module):
         out = self.language_model(**inputs)
         loss = None if labels is None else causal_lm_loss(out.logits, labels, num_items_in_batch)
         return VLMOutput(loss=loss, logits=out.logits, past_key_values=out.past_key_values)
+
+    def position_ids(self, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Positions of a whole (uncached) prompt [B, L]: the fusion's, shared per image
+        (`image_positions: shared`), or 0, 1, 2, ... skipping left padding."""
+        if token_type_ids is not None:
+            pos = self.fusion.position_ids(token_type_ids, attention_mask) if self.fusion is not None else None
+            if pos is not None:
+                return pos
+            if self.config.image_positions == "shared":
+                return shared_image_positions(attention_mask, token_type_ids, self.num_image_tokens)
+        return positions_from_mask(attention_mask, attention_mask.shape[1])
+
+    def _default_positions(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None,
+        past_key_values: Cache | None,
+    ) -> torch.Tensor:
+        """Positions when the caller gave none: the whole prompt's, or (after a cache) counted from the mask."""
+        length = input_ids.shape[1]
+        cached = past_key_values is not None and past_key_values.get_seq_length() > 0
+        if not cached:
+            return self.position_ids(attention_mask, token_type_ids)[:, -length:]
+        if self.config.image_positions == "shared" or self.fusion is not None:
+            raise VlmkitError("this model gives image tokens their own position ids (image_positions: shared or a "
+                              "fusion): pass position_ids when continuing from past_key_values "
+                              "(Engine and ChatSession do)")
+        return positions_from_mask(attention_mask, length)  # [B, L]
 
     def _head_is_plain(self) -> bool:
         """True when logits are exactly `lm_head(last_hidden_state)` (no soft-capping/scaling, no prefix
@@ -217,6 +240,19 @@ def _unwrap(lm: nn.Module) -> nn.Module:
     """The transformers causal LM inside a peft wrapper (LoRA layers stay in place), or `lm` itself."""
     get_base = getattr(lm, "get_base_model", None)
     return get_base() if callable(get_base) else lm
+
+
+def shared_image_positions(
+    attention_mask: torch.Tensor, token_type_ids: torch.Tensor, tokens_per_image: int
+) -> torch.Tensor:
+    """CogVLM-style position ids [B, L]: all `tokens_per_image` tokens of one image share one position, every
+    other real token takes the next one; left padding stays at 0. Image tokens are `token_type_ids == 1`."""
+    real = attention_mask.bool()  # [B, L]
+    image = real & (token_type_ids == 1)  # [B, L]
+    nth = image.long().cumsum(-1) - 1  # index of each image token among its row's image tokens
+    first_of_image = image & (nth % tokens_per_image == 0)  # [B, L]
+    advances = (real & ~image) | first_of_image  # [B, L]
+    return (advances.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def positions_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
