@@ -397,3 +397,33 @@ def test_default_model_recipe_configs_are_valid() -> None:
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
     assert model.num_image_tokens == 36
+
+
+def test_model_overrides_continue_a_checkpoint_in_a_changed_shape(tmp_path: Path) -> None:
+    """A saved CNN-tower model continues at a higher resolution with shared image positions: every weight is
+    reused, the processor follows (image size, token count) and the run directory's model says so."""
+    torch.manual_seed(0)
+    cnn = {"vision": {"type": "resnet", "image_size": 32, "patch_size": 4, "hidden_size": 16, "num_layers": 1},
+           "connector": {"type": "pixel_shuffle", "factor": 2},
+           "language": {"type": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                        "intermediate_size": 64},
+           "template": "cogvlm-chat", "max_length": 256}
+    base, processor = vlmkit.build(cnn)
+    vlmkit.save(base, processor, tmp_path / "base")
+    overrides = ["vision.image_size=64", "image_positions=shared"]
+    model, processor = vlmkit.load(tmp_path / "base", overrides=overrides)
+    assert model.num_image_tokens == 4 * base.num_image_tokens == processor.num_image_tokens
+    assert processor(images=[make_image()], text="<image>\nHi")["pixel_values"].shape[-1] == 64
+    for (name, p), q in zip(model.state_dict().items(), base.state_dict().values()):
+        assert torch.equal(p, q), name
+    with pytest.raises(VlmkitError, match="connector"):
+        vlmkit.load(tmp_path / "base", overrides=["connector.factor=4"])  # the MLP's input no longer fits
+
+    run = train(make_cfg(tmp_path / "run", model=str(tmp_path / "base"), model_overrides=overrides,
+                         data={"synthetic": {"kind": "shapes", "n": 8, "seed": 0, "image_size": 64}},
+                         train={"max_steps": 2}))
+    trained, _ = vlmkit.load(run)
+    assert trained.config.vision.image_size == 64 and trained.config.image_positions == "shared"
+    with pytest.raises(ConfigError, match="model_overrides.*image_positions='diagonal'"):
+        check_config(make_cfg(tmp_path / "bad", model=str(tmp_path / "base"),
+                              model_overrides=["image_positions=diagonal"]))

@@ -65,15 +65,21 @@ def load(
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     adapter: str | None = None,
+    overrides: list[str] | None = None,
 ) -> tuple[VLMModel, VLMProcessor]:
     """Load a model directory written by `save_pretrained` / `save` (config.json, safetensors, processor).
 
     With `adapters/<name>/` in the directory, `adapter=name` applies that adapter (LoRA / QLoRA / prefix);
     `adapter=None` applies the only one there (an error when there are several), none when there is none.
+    `overrides` (`a.b=c`, like `build`'s) change the saved config before the weights load, e.g.
+    `vision.image_size=128` to continue a CNN-tower model at a higher resolution; every weight must still fit,
+    and the processor follows the new config (image size, image token count, template, max_length).
     """
     directory = Path(directory)
     data = read_config(directory)
     try:
+        if overrides:
+            apply_overrides(data, overrides)
         config = VLMConfig.from_dict(data)
     except ConfigError as e:
         raise CheckpointError(f"{directory / 'config.json'}: {e}") from None
@@ -81,6 +87,8 @@ def load(
         config.dtype = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
     processor = VLMProcessor.from_pretrained(directory)
     model = VLMModel(config, processor.tokenizer)
+    if overrides:
+        processor = processor_for(model, processor.tokenizer)
     load_into(model, load_weights(directory), directory)
     _apply_adapter(model, directory, adapter)
     if processor.num_image_tokens != model.num_image_tokens:

@@ -118,6 +118,9 @@ class RunConfig:
     model: Any = "llava-tiny"
     """Preset name, model config file, saved model directory (`default`: the packaged default model), or an
     inline model config mapping."""
+    model_overrides: list[str] = field(default_factory=list)
+    """`a.b=c` changes to the model's config before its weights load (a saved directory) or it is built, e.g.
+    `vision.image_size=128` or `image_positions=shared` to continue a checkpoint in a changed shape."""
     data: DataConfig = field(default_factory=DataConfig)
     stage: str = "sft"
     freeze: FreezeConfig = field(default_factory=FreezeConfig)

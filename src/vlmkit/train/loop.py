@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .. import api
 from ..checkpoint import load_into, load_weights, read_config
+from ..config import VLMConfig, apply_overrides
 from ..data.sample import Sample
 from ..errors import ConfigError, VlmkitError
 from ..models.vlm import VLMModel
@@ -59,10 +60,14 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.train.best_metric == "valid_accuracy" and not cfg.data.eval_generate:
         raise ConfigError("train.best_metric=valid_accuracy needs data.eval_generate: true")
     directory = model_dir(cfg.model)
+    overrides = list(cfg.model_overrides)
     if directory is not None:
-        read_config(directory)
+        try:
+            VLMConfig.from_dict(apply_overrides(read_config(directory), overrides))
+        except ConfigError as e:
+            raise ConfigError(f"model {directory} with model_overrides {overrides}: {e}") from None
     else:
-        api.resolve_config(cfg.model)
+        api.resolve_config(cfg.model, overrides)
     if cfg.template is not None:
         get_template(cfg.template)
 
@@ -86,10 +91,11 @@ def build_model(cfg: RunConfig) -> tuple[VLMModel, VLMProcessor]:
     """The model of `cfg.model`: a saved directory is loaded, anything else built (seeded: reproducible)."""
     seed_all(cfg.train.seed)
     directory = model_dir(cfg.model)
+    overrides = list(cfg.model_overrides) or None
     if directory is not None:
-        model, processor = api.load(directory)
+        model, processor = api.load(directory, overrides=overrides)
     else:
-        model, processor = api.build(cfg.model)
+        model, processor = api.build(cfg.model, overrides)
     if cfg.template is not None:
         processor.template = get_template(cfg.template)
         model.config.template = cfg.template
