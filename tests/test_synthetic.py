@@ -46,8 +46,8 @@ def test_same_seed_same_samples_and_pixels(kind: str) -> None:
 
 
 def test_registry_and_options_errors() -> None:
-    assert SYNTHETIC.names() == ["captcha", "caption", "shapes"]
-    with pytest.raises(ConfigError, match="known synthetic kinds: captcha, caption, shapes"):
+    assert SYNTHETIC.names() == ["captcha", "caption", "scene_text", "shapes"]
+    with pytest.raises(ConfigError, match="known synthetic kinds: captcha, caption, scene_text, shapes"):
         generate("faces", 1)
     with pytest.raises(ConfigError, match="unknown option.*colour.*allowed: image_size"):
         generate("shapes", 1, colour="red")
@@ -223,3 +223,31 @@ def test_shapes_multi_turn_asks_about_one_image() -> None:
     assert multi.meta["answer"] == multi.answer() == multi.messages[-1]["content"]
     with pytest.raises(ConfigError, match="turns=0"):
         make_sample("shapes", 0, 0, turns=0)
+
+
+def test_scene_text_answers_follow_from_the_written_scene() -> None:
+    """Text only; every object is written with its box (in shuffled order); colour answers name the colour written
+    beside the asked kind and grounding answers copy the named object's box; same seed, same samples."""
+    samples = generate("scene_text", 60, seed=5, turns=3)
+    assert [s.messages for s in samples] == [s.messages for s in generate("scene_text", 60, seed=5, turns=3)]
+    seen = Counter()
+    for s in samples:
+        assert s.images == [] and "<image>" not in json.dumps(s.messages)
+        scene, *_ = s.messages[0]["content"].split("\n")
+        written = dict(re.findall(r"an? (\w+ \w+) at (\[\[[\d,]+\]\])", scene))
+        assert len(written) == len(s.meta["shapes"])
+        for question, answer in zip(s.messages[::2], s.messages[1::2]):
+            q, a = question["content"].split("\n")[-1], answer["content"]
+            if q.startswith("What color is the"):
+                kind = q.removeprefix("What color is the ").rstrip("?")
+                assert [n.split()[0] for n in written if n.endswith(kind)] == [a]
+                seen["color"] += 1
+            elif q.startswith("Can you point out the"):
+                name = q.removeprefix("Can you point out the ").split(" in the image")[0]
+                assert written[name] == a
+                seen["grounding"] += 1
+    assert seen["color"] > 5 and seen["grounding"] > 5
+    orders = {tuple(n for n in re.findall(r"an? (\w+ \w+) at", s.messages[0]["content"])) for s in samples}
+    assert any(list(o) != sorted(o) for o in orders)  # not always one fixed order
+    with pytest.raises(ConfigError, match="turns=0"):
+        make_sample("scene_text", 0, 0, turns=0)

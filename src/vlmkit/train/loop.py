@@ -123,12 +123,12 @@ def load_data(cfg: RunConfig) -> tuple[Sequence[Sample], list[Sample]]:
 
 def synthetic_split(entry: dict[str, Any], index: int = 0) -> tuple[Sequence[Sample], list[Sample]]:
     """(train, valid) samples of one `data.synthetic` entry; valid uses a disjoint seed."""
-    from ..data.synthetic import SyntheticSet, generate
+    from ..data.synthetic import SYNTHETIC, SyntheticSet, generate
 
     opts = dict(entry)
     kind = opts.pop("kind", None)
     if kind is None:
-        raise ConfigError(f"data.synthetic[{index}]: needs 'kind' (shapes, captcha or caption)")
+        raise ConfigError(f"data.synthetic[{index}]: needs 'kind' (one of: {', '.join(SYNTHETIC.names())})")
     n, seed, valid_n = int(opts.pop("n", 1000)), int(opts.pop("seed", 0)), int(opts.pop("valid_n", 0))
     valid_overrides = dict(opts.pop("valid_options", None) or {})  # e.g. single-turn validation
     valid_opts = {**opts, **valid_overrides}

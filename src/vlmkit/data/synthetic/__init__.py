@@ -1,7 +1,8 @@
 """Deterministic synthetic datasets generated locally (PIL + the `captcha` package): no downloads needed.
 
 Kinds (registry `SYNTHETIC`): `shapes` (count / color / position / grounding questions about simple shapes),
-`caption` (captions of shapes scenes, for alignment) and `captcha` (read the text of a captcha image).
+`caption` (captions of shapes scenes, for alignment), `captcha` (read the text of a captcha image) and
+`scene_text` (the shapes questions about a scene written out as text: no image).
 Sample `i` of seed `s` depends only on (kind, s, i, options): `generate(kind, n, s)` is reproducible, and a
 held-out set is simply another seed.
 """
@@ -19,6 +20,7 @@ from ...registry import Registry
 from ..sample import Sample
 from .captcha import captcha_sample
 from .caption import caption_sample
+from .scene_text import scene_text_sample
 from .shapes import shapes_sample
 from .writer import write_dataset
 
@@ -29,6 +31,7 @@ SYNTHETIC: Registry[SampleFactory] = Registry("synthetic kind")
 SYNTHETIC.add("shapes", shapes_sample)
 SYNTHETIC.add("caption", caption_sample)
 SYNTHETIC.add("captcha", captcha_sample)
+SYNTHETIC.add("scene_text", scene_text_sample)
 
 
 def options_of(kind: str) -> list[str]:
