@@ -262,8 +262,8 @@ class VLMConfig:
     """Deep fusion inside the LLM (e.g. {"type": "visual_expert"}); None for prefix-only models."""
     image_positions: str = "sequential"
     """Position ids of image tokens: "sequential" (0, 1, 2, ... like text; LLaVA) or "shared" (every token of
-    one image at one position, text counting on from the next; CogVLM). Shared positions keep RoPE from
-    rotating a question's query differently against every image token, so attention can match on content."""
+    one image at one position, text counting on from the next; CogVLM). With shared positions RoPE rotates a
+    text token's query by the same angle against every image token of an image."""
     template: str = "vicuna"
     """Chat template registry ID used by the processor."""
     max_length: int = 2048

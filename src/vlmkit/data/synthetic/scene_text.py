@@ -3,9 +3,9 @@
 "Scene: a blue square at [[052,104,302,354]], a red circle at [[604,510,802,708]].\nWhat color is the circle?"
 -> "red". Objects are listed in random order, so answering means finding the object the question names by its
 words and copying or comparing what is written next to it: the same two-step lookup an image question needs
-(gather the queried words, then attend to the matching object), learned here on exact token matches. A language
-model trained from scratch learns that lookup far more easily from text than from image tokens; mixed into the
-default model's training it plays the part a pretrained LLM's reading skills play in LLaVA-style training.
+(gather the queried words, then attend to the matching object), here on exact token matches. A language model
+trained from scratch learns it from text where it did not from image tokens (README, "The default model"); the
+set is meant to stand in for the reading skills a pretrained LLM brings to LLaVA-style training.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from ...errors import ConfigError
 from ..formats import to_cogvlm_box
 from ..sample import Sample
-from .shapes import Shape, _pick_question, _tasks, make_scene
+from .shapes import Shape, make_scene, parse_tasks, pick_question
 
 
 def describe_with_boxes(shapes: Sequence[Shape], size: int, rng: random.Random) -> str:
@@ -33,11 +33,11 @@ def scene_text_sample(
     """A text-only conversation of `turns` shapes questions about a described scene (meta like `shapes`)."""
     if turns < 1:
         raise ConfigError(f"scene_text turns={turns}; use 1 or more questions per scene")
-    allowed = _tasks(tasks)
+    allowed = parse_tasks(tasks)
     shapes = make_scene(rng, image_size, max_shapes)
     messages: list[dict[str, str]] = []
     for turn in range(turns):
-        task, (question, answer, extra) = _pick_question(rng, allowed, shapes, image_size)
+        task, (question, answer, extra) = pick_question(rng, allowed, shapes, image_size)
         prefix = describe_with_boxes(shapes, image_size, rng) + "\n" if turn == 0 else ""
         messages += [{"role": "user", "content": prefix + question}, {"role": "assistant", "content": answer}]
     meta: dict[str, object] = {"task": task, "answer": answer, "image_size": [image_size, image_size],

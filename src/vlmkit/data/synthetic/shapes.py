@@ -170,11 +170,11 @@ def shapes_sample(
     """
     if turns < 1:
         raise ConfigError(f"shapes turns={turns}; use 1 or more questions per image")
-    allowed = _tasks(tasks)
+    allowed = parse_tasks(tasks)
     shapes = make_scene(rng, image_size, max_shapes)
     messages: list[dict[str, str]] = []
     for turn in range(turns):
-        task, (question, answer, extra) = _pick_question(rng, allowed, shapes, image_size)
+        task, (question, answer, extra) = pick_question(rng, allowed, shapes, image_size)
         prefix = f"{IMAGE_TOKEN}\n" if turn == 0 else ""
         messages += [{"role": "user", "content": prefix + question}, {"role": "assistant", "content": answer}]
     meta: dict[str, object] = {"task": task, "answer": answer, "image_size": [image_size, image_size],
@@ -182,7 +182,10 @@ def shapes_sample(
     return Sample(sample_id, messages, [draw_scene(shapes, image_size)], meta)
 
 
-def _pick_question(rng: random.Random, allowed: list[str], shapes: Sequence[Shape], size: int):
+def pick_question(
+    rng: random.Random, allowed: list[str], shapes: Sequence[Shape], size: int
+) -> tuple[str, tuple[str, str, dict[str, object]]]:
+    """(task, (question, answer, meta extras)) of one question from `allowed` (falls back as `shapes_sample` says)."""
     task = rng.choice(allowed)
     qa = _question(rng, task, shapes, size)
     if qa is None:
@@ -191,7 +194,8 @@ def _pick_question(rng: random.Random, allowed: list[str], shapes: Sequence[Shap
     return task, qa
 
 
-def _tasks(tasks: Sequence[str] | str | None) -> list[str]:
+def parse_tasks(tasks: Sequence[str] | str | None) -> list[str]:
+    """The `tasks` option (None: all; "a,b" or a list) as a validated list."""
     if tasks is None:
         return list(TASKS)
     chosen = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
