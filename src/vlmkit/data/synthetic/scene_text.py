@@ -3,9 +3,9 @@
 "Scene: a blue square at [[052,104,302,354]], a red circle at [[604,510,802,708]].\nWhat color is the circle?"
 -> "red". Objects are listed in random order, so answering means finding the object the question names by its
 words and copying or comparing what is written next to it: the same two-step lookup an image question needs
-(gather the queried words, then attend to the matching object), here on exact token matches. A language model
-trained from scratch learns it from text where it did not from image tokens (README, "The default model"); the
-set is meant to stand in for the reading skills a pretrained LLM brings to LLaVA-style training.
+(gather the queried words, then attend to the matching object), here on exact token matches and without
+images, which makes it a cheap test bed for how fast an LM learns the lookup (README, "The default model"), and
+a stand-in for the reading skills a pretrained LLM brings to LLaVA-style training.
 """
 
 from __future__ import annotations
