@@ -77,6 +77,11 @@ EXPECTED: dict[str, tuple[str, list[str], str]] = {
         [" Red.</s>", " 3</s>"],
         "[INST] How many squares? [/INST]",
     ),
+    "vlmkit-chat": (
+        "Question: What color is the circle?\n<image> Answer: Red.\nQuestion: How many squares? Answer: 3\n",
+        [" Red.\n", " 3\n"],
+        "Question: How many squares? Answer:",
+    ),
     "plain": (
         "<image>\nWhat color is the circle?Red.\nHow many squares?3\n",
         ["Red.\n", "3\n"],
@@ -174,6 +179,26 @@ def test_prefix_templates_move_images_to_the_start(name: str) -> None:
     assert text.startswith(wrapped)
     assert text.count("<image>") == 1
     assert "What is this?" in text
+
+
+def test_after_text_placement_puts_each_turns_images_after_its_question() -> None:
+    t = get_template("vlmkit-chat")
+    msgs = [Message("user", "<image>\nWhat is this?", images=1), Message("assistant", "A circle."),
+            Message("user", "And now?"), Message("assistant", "Still."),
+            Message("user", "Compare these:<image>", images=2)]
+    text = t.render(msgs, add_generation_prompt=True).text
+    assert text == ("Question: What is this?\n<image> Answer: A circle.\nQuestion: And now? Answer: Still.\n"
+                    "Question: Compare these:\n<image>\n<image> Answer:")
+    # an image without text (a caption prompt) stands alone
+    assert t.render([Message("user", "<image>", images=1)], add_generation_prompt=True).text == \
+        "Question: <image> Answer:"
+
+
+def test_after_text_numbers_images_across_turns() -> None:
+    t = Template(name="x", user_format="U: {content}\n", answer_format="{content}\n",
+                 image_placement="after_text", image_format="[img {n}]<image>")
+    msgs = [Message("user", "a", images=1), Message("assistant", "b"), Message("user", "c", images=1)]
+    assert t.render(msgs).text == "U: a\n[img 1]<image>\nb\nU: c\n[img 2]<image>\n"
 
 
 def test_cogvlm_two_images_have_no_separator() -> None:
