@@ -418,6 +418,11 @@ def test_model_overrides_continue_a_checkpoint_in_a_changed_shape(tmp_path: Path
         assert torch.equal(p, q), name
     with pytest.raises(VlmkitError, match="connector"):
         vlmkit.load(tmp_path / "base", overrides=["connector.factor=4"])  # the MLP's input no longer fits
+    # a size override reaches the saved, complete HF config (which wins when the LM is built)
+    longer, _ = vlmkit.load(tmp_path / "base", overrides=["language.max_position_embeddings=1024"])
+    assert longer.language_model.config.max_position_embeddings == 1024
+    with pytest.raises(VlmkitError, match="language_model"):
+        vlmkit.load(tmp_path / "base", overrides=["language.num_layers=2"])  # the new layer has no weights
 
     run = train(make_cfg(tmp_path / "run", model=str(tmp_path / "base"), model_overrides=overrides,
                          data={"synthetic": {"kind": "shapes", "n": 8, "seed": 0, "image_size": 64}},

@@ -11,7 +11,7 @@ import torch
 from .checkpoint import atomic_directory, load_into, load_weights, read_config, remove_stale_weights
 from .config import VLMConfig, apply_overrides, load_mapping
 from .errors import CheckpointError, ConfigError
-from .models.language import load_tokenizer
+from .models.language import load_tokenizer, sync_saved_sizes
 from .models.vlm import VLMModel
 from .processing import ImageTransform, VLMProcessor
 
@@ -80,6 +80,9 @@ def load(
     try:
         if overrides:
             apply_overrides(data, overrides)
+            keys = [item.split("=", 1)[0].strip() for item in overrides]
+            changed = [k.removeprefix("language.") for k in keys if k.startswith("language.")]
+            sync_saved_sizes(data.get("language") or {}, changed)
         config = VLMConfig.from_dict(data)
     except ConfigError as e:
         raise CheckpointError(f"{directory / 'config.json'}: {e}") from None

@@ -7,6 +7,7 @@ and the mapping from `LanguageConfig`'s generic size fields to each transformers
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,22 @@ def hf_language_config(config: LanguageConfig, tokenizer: PreTrainedTokenizerBas
     special = {"vocab_size": vocab, "bos_token_id": tokenizer.bos_token_id,
                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     return config_cls(**{**sizes, **extra, **special})
+
+
+def sync_saved_sizes(language: dict[str, Any], changed: Iterable[str]) -> None:
+    """After `language.<size>=v` overrides on a saved config, write them into its complete `hf_config` too.
+
+    A saved checkpoint's `hf_config` holds every Hugging Face field and wins over vlmkit's size fields when the
+    LM is built, so without this an override such as `language.max_position_embeddings=1024` would be ignored.
+    """
+    extra = language.get("hf_config")
+    if not isinstance(extra, dict):
+        return
+    aliases = getattr(_config_class(extra.get("model_type", language.get("type", "llama"))), "attribute_map", {})
+    for ours in changed:
+        theirs = _SIZE_FIELDS.get(ours)
+        if theirs is not None and ours in language:
+            extra[(aliases or {}).get(theirs, theirs)] = language[ours]
 
 
 def _config_class(model_type: str) -> type[PretrainedConfig]:
