@@ -194,6 +194,12 @@ def test_after_text_placement_puts_each_turns_images_after_its_question() -> Non
         "Question: <image> Answer:"
 
 
+def test_after_text_marker_inside_a_sentence_leaves_one_space() -> None:
+    t = get_template("vlmkit-chat")
+    msgs = [Message("user", "Compare <image> with <image><image> now", images=3)]
+    assert t.render(msgs, add_generation_prompt=True).text == \
+        "Question: Compare with now\n<image>\n<image>\n<image> Answer:"
+
 def test_after_text_numbers_images_across_turns() -> None:
     t = Template(name="x", user_format="U: {content}\n", answer_format="{content}\n",
                  image_placement="after_text", image_format="[img {n}]<image>")

@@ -227,7 +227,10 @@ def _place_images(t: Template, turns: list[Message]) -> tuple[list[str], int]:
 
 
 def _strip_markers(content: str) -> str:
-    return re.sub(re.escape(IMAGE_TOKEN) + "\n?", "", content)
+    """Remove image markers: one inside a sentence ("Compare <image> with") leaves a single space."""
+    marker = re.escape(IMAGE_TOKEN)
+    content = re.sub(rf"(?<=\S)[ \t]*(?:{marker}[ \t]*)+(?=\S)", " ", content)
+    return re.sub(marker + "\n?", "", content)
 
 
 def _wrap_inline(t: Template, content: str, counter: int) -> tuple[str, int]:
