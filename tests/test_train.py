@@ -5,10 +5,12 @@ Tiny presets and a few steps only."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,9 +24,10 @@ import yaml
 import vlmkit
 from conftest import make_image
 from vlmkit.api import PRESETS_DIR
+from vlmkit.cli import merge_lora as merge_cli
 from vlmkit.cli import train as cli_train
 from vlmkit.data.sample import Sample
-from vlmkit.errors import ConfigError, VlmkitError
+from vlmkit.errors import CheckpointError, ConfigError, VlmkitError
 from vlmkit.train import state as st
 from vlmkit.train.config import RunConfig
 from vlmkit.train.dataset import ResumableSampler, SampleDataset, epoch_permutation
@@ -279,8 +282,20 @@ def test_lora_run_lowers_loss_and_resumes_exactly(tmp_path: Path) -> None:
     final = train(make_cfg(tmp_path / "a", **extra), callback=collect(full))
     assert full[-1] < full[0]
     assert (tmp_path / "a" / "checkpoint-4" / "adapters" / "default").is_dir()  # checkpoints hold the adapter
-    model, _ = vlmkit.load(final)  # final/ is a whole model directory with the adapter applied on load
+    model, processor = vlmkit.load(final)  # final/ is a whole model directory with the adapter applied on load
     assert any("lora" in name for name, _ in model.named_parameters())
+    # an adapter checkpoint loads too (its base saved once in <run>/base/), with final/'s outputs at that step
+    ckpt_model, _ = vlmkit.load(tmp_path / "a" / "checkpoint-4")
+    batch = processor(images=[make_image(0, 64)], messages=[{"role": "user", "content": "<image>\nWhat is it?"}])
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt_model(**batch).logits, model(**batch).logits)
+    merged = tmp_path / "merged"
+    assert merge_cli.run(argparse.Namespace(model_dir=str(tmp_path / "a" / "checkpoint-2"), adapter=None,
+                                            out=str(merged))) == 0
+    assert (merged / "config.json").is_file() and not (merged / "adapters").exists()
+    shutil.rmtree(tmp_path / "a" / "base")
+    with pytest.raises(CheckpointError, match="holds only an adapter; its base model"):
+        vlmkit.load(tmp_path / "a" / "checkpoint-4")
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg(tmp_path / "b", **extra), callback=collect([], stop_at=3))
     resumed: list[float] = []

@@ -133,6 +133,36 @@ def test_vlm_with_resnet_saves_and_loads(tmp_path) -> None:
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
 
 
+def test_lora_run_with_a_fully_trained_resnet_saves_its_batch_norm_statistics(tmp_path) -> None:
+    """LoRA on the LLM, the tower trained fully beside it (`freeze.vision: true`): the adapter carries the
+    tower's weights and its batch-norm running statistics, else the loaded model sees with stale statistics."""
+    from vlmkit.train.config import FreezeConfig, LoraConfig, PeftConfig
+    from vlmkit.train.freeze import apply_stage
+    from vlmkit.train.peft import apply_peft, load_adapter, save_adapter
+    from vlmkit.train.state import trainable_state
+
+    spec = {"vision": {"type": "resnet", "image_size": 64, "patch_size": 16, "hidden_size": 32, "num_layers": 3,
+                       "feature_layer": -1, "frozen": False},
+            "connector": {"type": "mlp"},
+            "language": {"type": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2,
+                         "intermediate_size": 64}}
+    torch.manual_seed(0)
+    model, processor = vlmkit.build(spec)
+    vlmkit.save(model, processor, tmp_path / "base")
+    model = apply_peft(model, PeftConfig(method="lora"), LoraConfig(rank=2)) or model
+    apply_stage(model, "sft", FreezeConfig(vision=True))
+    model.train()
+    batch = processor(images=[Image.new("RGB", (80, 48), "red")], text="<image>\nWhat is this?")
+    model(**batch)  # a train-mode pass moves the statistics
+    assert any("running_mean" in k for k in trainable_state(model))  # resume restores them too
+    save_adapter(model, tmp_path / "ckpt", "task")
+    loaded, _ = vlmkit.load(tmp_path / "base")
+    load_adapter(loaded, tmp_path / "ckpt" / "adapters" / "task")
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**batch).logits, model(**batch).logits)
+
+
 def test_sincos2d_position_encoding_is_added_and_encodes_row_and_column() -> None:
     plain, _ = build("resnet")
     enc, cfg = build("resnet", position_encoding="sincos2d")

@@ -8,7 +8,15 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_directory, load_into, load_weights, read_config, remove_stale_weights
+from .checkpoint import (
+    BASE_REF_NAME,
+    CONFIG_NAME,
+    atomic_directory,
+    load_into,
+    load_weights,
+    read_config,
+    remove_stale_weights,
+)
 from .config import VLMConfig, apply_overrides, load_mapping
 from .errors import CheckpointError, ConfigError
 from .models.language import load_tokenizer, sync_saved_sizes
@@ -74,8 +82,12 @@ def load(
     `overrides` (`a.b=c`, like `build`'s) change the saved config before the weights load, e.g.
     `vision.image_size=128` to continue a CNN-tower model at a higher resolution; every weight must still fit,
     and the processor follows the new config (image size, image token count, template, max_length).
+    A training checkpoint of an adapter run (`checkpoint-N/`: adapters + `base_model.json`) loads too: its base
+    model first, then its adapter.
     """
     directory = Path(directory)
+    if not (directory / CONFIG_NAME).is_file() and (directory / BASE_REF_NAME).is_file():
+        return _load_adapter_checkpoint(directory, dtype, device, adapter, overrides)
     data = read_config(directory)
     try:
         if overrides:
@@ -121,6 +133,37 @@ def save(model: VLMModel, processor: VLMProcessor, directory: str | Path, max_sh
         (tmp / "m").rmdir()
     remove_stale_weights(directory, keep=written)
     return directory
+
+
+def _load_adapter_checkpoint(
+    directory: Path, dtype: torch.dtype | str | None, device: torch.device | str | None, adapter: str | None,
+    overrides: list[str] | None,
+) -> tuple[VLMModel, VLMProcessor]:
+    """An adapter-only checkpoint: the base model its `base_model.json` names, then the checkpoint's adapter."""
+    import json
+
+    ref_path = directory / BASE_REF_NAME
+    try:
+        ref = json.loads(ref_path.read_text(encoding="utf-8"))
+        base = directory / ref["path"]  # an absolute path stays absolute
+        base_overrides = list(ref.get("overrides") or [])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{ref_path}: not a base-model reference ({e})") from None
+    if not (base / CONFIG_NAME).is_file():
+        raise CheckpointError(
+            f"{directory} holds only an adapter; its base model {base} (named in {ref_path}) is missing. Restore "
+            f"that directory, or use the run's final/ directory, which holds the base weights too"
+        )
+    model, processor = load(base, dtype, overrides=[*base_overrides, *(overrides or [])] or None)
+    saved = VLMProcessor.from_pretrained(directory)  # the template the run trained with
+    if not overrides:
+        processor = saved
+    model.config.template = saved.template.name
+    processor.template = saved.template
+    _apply_adapter(model, directory, adapter)
+    if device is not None:
+        model.to(device)
+    return model.eval(), processor
 
 
 def _apply_adapter(model: VLMModel, directory: Path, adapter: str | None) -> None:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from .models.vlm import VLMModel
 
 CONFIG_NAME = "config.json"
+BASE_REF_NAME = "base_model.json"
+"""In an adapter-only training checkpoint: where its base model is ({"path": ..., "overrides": [...]})."""
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 _SHARD_RE = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")

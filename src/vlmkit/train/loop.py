@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import api
-from ..checkpoint import load_into, load_weights, read_config
+from ..checkpoint import BASE_REF_NAME, load_into, load_weights, read_config, write_json
 from ..config import VLMConfig, apply_overrides
 from ..data.sample import Sample
 from ..errors import ConfigError, VlmkitError
@@ -232,6 +232,8 @@ class Trainer:
 
         cfg = self.cfg
         model, self.processor = build_model(cfg)
+        if self.peft:
+            self.base_ref = self.base_reference(model)
         if self.peft:  # adapters first: the stage then decides which adapters and components train
             from .peft import apply_peft
 
@@ -358,13 +360,26 @@ class Trainer:
         self.say(f"step {self.step}: {shown}")
         return rec
 
+    def base_reference(self, model: VLMModel) -> dict[str, Any]:
+        """Where an adapter checkpoint's base model is: the saved directory `model:` names (absolute), or for a
+        built model its weights saved once into `<run>/base/` (a relative path, so the run directory can move)."""
+        directory = model_dir(self.cfg.model)
+        if directory is not None:
+            return {"path": str(directory.resolve()), "overrides": list(self.cfg.model_overrides)}
+        base = self.run_dir / "base"
+        if self.info.is_main:  # rewritten at every start: a seeded build gives the same weights on resume
+            api.save(model, self.processor, base)
+        return {"path": "../base", "overrides": []}
+
     def write_checkpoint_model(self, directory: Path) -> None:
-        """A checkpoint's model files: a loadable model directory, or for PEFT runs only the adapter."""
+        """A checkpoint's model files: a loadable model directory, or for PEFT runs the adapter, the processor
+        and `base_model.json` naming the base (`vlmkit.load` and every `--model` option take either)."""
         if self.peft:
             from .peft import save_adapter
 
             save_adapter(self.model, directory, self.cfg.lora.name)
             self.processor.save_pretrained(directory)
+            write_json(directory / BASE_REF_NAME, self.base_ref)
         else:
             api.save(self.model, self.processor, directory)
 

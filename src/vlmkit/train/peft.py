@@ -281,8 +281,23 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def trained_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Persistent buffers of the modules that own a trainable parameter: the running statistics of a fully
+    trained CNN tower's batch norms, which training updates beside its weights (and evaluation reads)."""
+    out: dict[str, torch.Tensor] = {}
+    for mname, module in model.named_modules():
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+            continue
+        skip = getattr(module, "_non_persistent_buffers_set", set())
+        for bname, b in module.named_buffers(recurse=False):
+            if b is not None and bname not in skip:
+                out[f"{mname}.{bname}" if mname else bname] = b
+    return out
+
+
 def extra_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable non-adapter parameters (e.g. the connector in an sft LoRA run), by plain-model name."""
+    """Trainable non-adapter parameters (e.g. the connector in an sft LoRA run) and the buffers trained with
+    them (`trained_buffers`), by plain-model name."""
     adapters = adapter_parameters(model)
     prefix_wrapped = isinstance(model.language_model, PeftModel)
     out: dict[str, torch.Tensor] = {}
@@ -290,6 +305,10 @@ def extra_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
         key = _base_key(name, prefix_wrapped)
         if p.requires_grad and id(p) not in adapters and key is not None:
             out[key] = p.detach().contiguous()
+    for name, b in trained_buffers(model).items():
+        key = _base_key(name, prefix_wrapped)
+        if key is not None and key not in out:
+            out[key] = b.detach().contiguous()
     return out
 
 
@@ -375,13 +394,14 @@ def _load_extra(model: nn.Module, adapter_dir: Path) -> set[int]:
         return set()
     state = _read_tensors(path)
     params = dict(model.named_parameters(remove_duplicate=False))
+    tensors = {**dict(model.named_buffers()), **params}
     for key, t in state.items():
-        if key not in params or params[key].shape != t.shape:
+        if key not in tensors or tensors[key].shape != t.shape:
             raise CheckpointError(f"{path} does not fit this model: no parameter '{key}' {tuple(t.shape)}")
     with torch.no_grad():
         for key, t in state.items():
-            params[key].copy_(t)
-    return {id(params[k]) for k in state}
+            tensors[key].copy_(t)
+    return {id(params[k]) for k in state if k in params}
 
 
 def find_adapter(directory: str | Path, name: str | None = None) -> Path | None:

@@ -172,7 +172,11 @@ def _new_directory(target: Path) -> Iterator[Path]:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """A PEFT run's trainable parameters and the buffers trained with them (batch-norm statistics)."""
+    from .peft import trained_buffers
+
+    state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    return {**{n: b.detach().cpu().contiguous() for n, b in trained_buffers(model).items()}, **state}
 
 
 def write_checkpoint(
@@ -220,7 +224,7 @@ def load_optimizer_state(ckpt: Path, optimizer: torch.optim.Optimizer, scheduler
 def load_trainable(ckpt: Path, model: nn.Module) -> None:
     """Copy a PEFT checkpoint's trainable parameters into `model` (names must match exactly)."""
     state = load_file(str(ckpt / STATE_DIR / "trainable.safetensors"))
-    params = dict(model.named_parameters())
+    params = {**dict(model.named_buffers()), **dict(model.named_parameters())}
     missing = sorted(set(state) - set(params))
     if missing:
         raise CheckpointError(f"{ckpt}: trainable parameters not in this model (e.g. {missing[0]}); resume "
