@@ -155,11 +155,12 @@ def _load_adapter_checkpoint(
             f"that directory, or use the run's final/ directory, which holds the base weights too"
         )
     model, processor = load(base, dtype, overrides=[*base_overrides, *(overrides or [])] or None)
-    saved = VLMProcessor.from_pretrained(directory)  # the template the run trained with
-    if not overrides:
+    saved = VLMProcessor.from_pretrained(directory)  # with the template the run trained with
+    if overrides:  # the base's processor follows the overrides; keep the run's template
+        processor.template = saved.template
+    else:
         processor = saved
     model.config.template = saved.template.name
-    processor.template = saved.template
     _apply_adapter(model, directory, adapter)
     if device is not None:
         model.to(device)

@@ -232,11 +232,10 @@ class Trainer:
 
         cfg = self.cfg
         model, self.processor = build_model(cfg)
-        if self.peft:
-            self.base_ref = self.base_reference(model)
         if self.peft:  # adapters first: the stage then decides which adapters and components train
             from .peft import apply_peft
 
+            self.base_ref = self.base_reference(model)  # before the adapters wrap (and QLoRA quantizes) it
             model = apply_peft(model, cfg.peft, cfg.lora) or model
         apply_stage(model, cfg.stage, cfg.freeze)
         if self.opt.gradient_checkpointing:
@@ -362,7 +361,7 @@ class Trainer:
 
     def base_reference(self, model: VLMModel) -> dict[str, Any]:
         """Where an adapter checkpoint's base model is: the saved directory `model:` names (absolute), or for a
-        built model its weights saved once into `<run>/base/` (a relative path, so the run directory can move)."""
+        built model its weights, saved into `<run>/base/` at the start (a relative path: the run can move)."""
         directory = model_dir(self.cfg.model)
         if directory is not None:
             return {"path": str(directory.resolve()), "overrides": list(self.cfg.model_overrides)}
