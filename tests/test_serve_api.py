@@ -16,6 +16,7 @@ from openai import OpenAI
 import vlmkit
 from conftest import make_image
 from vlmkit.serve import ServeSettings
+from vlmkit.serve import app as serve_app
 from vlmkit.serve.app import create_app
 
 KEY = "test-key"
@@ -194,12 +195,15 @@ def test_disconnected_stream_stops_decoding(url):
     assert health(url)["generated_tokens"] - tokens < 400
 
 
-def test_disconnected_non_streaming_request_is_cancelled(url):
+def test_disconnected_non_streaming_request_is_cancelled(url, monkeypatch):
+    # the client leaves after 0.1 s and the server looks every 0.05 s: far sooner than the toy model can
+    # decode 400 tokens (with 0.3 s and the default 0.25 s, a fast machine sometimes finished them first)
+    monkeypatch.setattr(serve_app, "DISCONNECT_POLL_S", 0.05)
     cancelled = health(url)["cancelled"]
     body = {"model": "vlmkit", "messages": ask("Another long story."), "max_tokens": 400, "ignore_eos": True}
     with pytest.raises(httpx.TimeoutException):
         httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
-                   timeout=httpx.Timeout(30, read=0.3))
+                   timeout=httpx.Timeout(30, read=0.1))
     end = time.monotonic() + 15
     while health(url)["cancelled"] == cancelled:
         assert time.monotonic() < end, "the abandoned request kept decoding"
