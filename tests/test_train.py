@@ -236,6 +236,9 @@ def test_set_overrides_and_unknown_keys(tmp_path: Path, capsys: pytest.CaptureFi
     path.write_text(yaml.safe_dump(run_dict(tmp_path / "out")))
     cfg = RunConfig.from_file(path, ["train.lr=0.5", "data.synthetic.n=7", "stage=align", "train.bf16=true"])
     assert (cfg.train.lr, cfg.data.synthetic["n"], cfg.stage, cfg.train.bf16) == (0.5, 7, "align", True)
+    assert RunConfig.from_file(path, ["train.lr=2e-4"]).train.lr == 2e-4  # the issue's own example (YAML 1.1: a str)
+    with pytest.raises(ConfigError, match="train.lr: expected float"):
+        RunConfig.from_file(path, ["train.lr=fast"])
     with pytest.raises(ConfigError, match="bogus"):
         RunConfig.from_file(path, ["train.bogus=1"])
     assert cli_train.main([str(path), "--set", "train.bogus=1"]) == 2
