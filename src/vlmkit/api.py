@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,6 @@ def _load_adapter_checkpoint(
     overrides: list[str] | None,
 ) -> tuple[VLMModel, VLMProcessor]:
     """An adapter-only checkpoint: the base model its `base_model.json` names, then the checkpoint's adapter."""
-    import json
-
     ref_path = directory / BASE_REF_NAME
     try:
         ref = json.loads(ref_path.read_text(encoding="utf-8"))

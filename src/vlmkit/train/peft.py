@@ -397,7 +397,7 @@ def _load_extra(model: nn.Module, adapter_dir: Path) -> set[int]:
     tensors = {**dict(model.named_buffers()), **params}
     for key, t in state.items():
         if key not in tensors or tensors[key].shape != t.shape:
-            raise CheckpointError(f"{path} does not fit this model: no parameter '{key}' {tuple(t.shape)}")
+            raise CheckpointError(f"{path} does not fit this model: no parameter or buffer '{key}' {tuple(t.shape)}")
     with torch.no_grad():
         for key, t in state.items():
             tensors[key].copy_(t)

@@ -224,14 +224,14 @@ def load_optimizer_state(ckpt: Path, optimizer: torch.optim.Optimizer, scheduler
 def load_trainable(ckpt: Path, model: nn.Module) -> None:
     """Copy a PEFT checkpoint's trainable parameters into `model` (names must match exactly)."""
     state = load_file(str(ckpt / STATE_DIR / "trainable.safetensors"))
-    params = {**dict(model.named_buffers()), **dict(model.named_parameters())}
-    missing = sorted(set(state) - set(params))
+    tensors = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+    missing = sorted(set(state) - set(tensors))
     if missing:
         raise CheckpointError(f"{ckpt}: trainable parameters not in this model (e.g. {missing[0]}); resume "
                               "with the same model and peft settings")
     with torch.no_grad():
         for name, t in state.items():
-            params[name].copy_(t)
+            tensors[name].copy_(t)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, best_step: int | None) -> None:
