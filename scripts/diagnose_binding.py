@@ -115,19 +115,20 @@ def attention(model, processor, rng: random.Random, pairs: int = 150) -> None:
 
 
 def phrase_sensitivity(engine: Engine, rng: random.Random, scenes: int = 100) -> None:
-    requests, pairs = [], []
-    while len(pairs) < scenes:
+    requests, asked = [], []
+    while len(asked) < 2 * scenes:
         shapes = make_scene(rng, SIZE, 2)
         if len(shapes) != 2:
             continue
         image = draw_scene(shapes, SIZE)
-        requests += [Request([{"role": "user", "content": f"{IMAGE_TOKEN}\n" + GROUNDING_PROMPT.format(f"the {s.name}")}],
-                             [image]) for s in shapes]
-        pairs.append(shapes)
+        for s in shapes:
+            question = f"{IMAGE_TOKEN}\n" + GROUNDING_PROMPT.format(f"the {s.name}")
+            requests.append(Request([{"role": "user", "content": question}], [image]))
+            asked.append(s)
     texts = [r.text for r in engine.generate(requests, GenerationConfig(max_new_tokens=24), batch_size=50)]
     same = sum(texts[2 * i] == texts[2 * i + 1] for i in range(scenes))
     boxes = [parse_box(t, SIZE, SIZE) for t in texts]
-    right = sum(b is not None and iou(b, s.box) >= 0.5 for b, s in zip(boxes, [s for p in pairs for s in p]))
+    right = sum(b is not None and iou(b, s.box) >= 0.5 for b, s in zip(boxes, asked))
     print(f"5. grounding both objects of {scenes} two-object scenes: the same answer for both {same} times; "
           f"Acc@0.5 {right / len(texts):.0%}")
 
