@@ -366,7 +366,8 @@ class Trainer:
         if directory is not None:
             return {"path": str(directory.resolve()), "overrides": list(self.cfg.model_overrides)}
         base = self.run_dir / "base"
-        if self.info.is_main:  # rewritten at every start: a seeded build gives the same weights on resume
+        # a run with checkpoints is being resumed (a fresh start refuses it): its base/ is already there
+        if self.info.is_main and st.latest_checkpoint(self.run_dir) is None:
             api.save(model, self.processor, base)
         return {"path": "../base", "overrides": []}
 

@@ -288,11 +288,16 @@ def trained_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     for mname, module in model.named_modules():
         if not any(p.requires_grad for p in module.parameters(recurse=False)):
             continue
-        skip = getattr(module, "_non_persistent_buffers_set", set())
+        saved = module.state_dict(keep_vars=True)  # holds the persistent buffers only
         for bname, b in module.named_buffers(recurse=False):
-            if b is not None and bname not in skip:
+            if bname in saved:
                 out[f"{mname}.{bname}" if mname else bname] = b
     return out
+
+
+def named_tensors(model: nn.Module, remove_duplicate: bool = True) -> dict[str, torch.Tensor]:
+    """Every buffer and parameter by name: what adapter extras and PEFT resume states are loaded into."""
+    return {**dict(model.named_buffers()), **dict(model.named_parameters(remove_duplicate=remove_duplicate))}
 
 
 def extra_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -393,15 +398,16 @@ def _load_extra(model: nn.Module, adapter_dir: Path) -> set[int]:
     if not path.is_file():
         return set()
     state = _read_tensors(path)
-    params = dict(model.named_parameters(remove_duplicate=False))
-    tensors = {**dict(model.named_buffers()), **params}
+    tensors = named_tensors(model, remove_duplicate=False)
     for key, t in state.items():
         if key not in tensors or tensors[key].shape != t.shape:
-            raise CheckpointError(f"{path} does not fit this model: no parameter or buffer '{key}' {tuple(t.shape)}")
+            raise CheckpointError(
+                f"{path} does not fit this model: no parameter or buffer '{key}' {tuple(t.shape)}"
+            )
     with torch.no_grad():
         for key, t in state.items():
             tensors[key].copy_(t)
-    return {id(params[k]) for k in state if k in params}
+    return {id(tensors[k]) for k in state if isinstance(tensors[k], nn.Parameter)}
 
 
 def find_adapter(directory: str | Path, name: str | None = None) -> Path | None:

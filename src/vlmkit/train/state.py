@@ -224,7 +224,9 @@ def load_optimizer_state(ckpt: Path, optimizer: torch.optim.Optimizer, scheduler
 def load_trainable(ckpt: Path, model: nn.Module) -> None:
     """Copy a PEFT checkpoint's trainable parameters into `model` (names must match exactly)."""
     state = load_file(str(ckpt / STATE_DIR / "trainable.safetensors"))
-    tensors = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+    from .peft import named_tensors
+
+    tensors = named_tensors(model)
     missing = sorted(set(state) - set(tensors))
     if missing:
         raise CheckpointError(f"{ckpt}: trainable parameters not in this model (e.g. {missing[0]}); resume "
