@@ -413,7 +413,9 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert stage3.model == stage2.output_dir + "/final" and stage3.data.synthetic == stage2.data.synthetic
     assert {e["kind"] for e in stage2.data.synthetic} == {"shapes", "captcha", "caption"}
     stage4 = RunConfig.from_file(ROOT / "configs" / "default" / "stage4.yaml")
-    assert stage4.model == stage3.output_dir + "/final" and stage4.model_overrides == ["template=vlmkit-chat"]
+    assert stage4.model == "runs/default_stage4_init"  # scripts/fresh_language_model.py on stage 3's final/
+    assert stage4.freeze.vision is False and stage4.freeze.connector is False  # only the fresh LM trains
+    assert stage4.data.synthetic == stage2.data.synthetic
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
     assert model.num_image_tokens == 36
