@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 import vlmkit
-from vlmkit.checkpoint import load_weights
 from vlmkit.models.vlm import VLMModel
 
 LANGUAGE_PREFIX = "language_model."
@@ -28,7 +27,7 @@ def fresh_language_model(source: str | Path, output: str | Path, seed: int = 0) 
     model, processor = vlmkit.load(source)
     torch.manual_seed(seed)
     fresh = VLMModel(model.resolved_config(), processor.tokenizer)
-    kept = {k: v for k, v in load_weights(Path(source)).items() if not k.startswith(LANGUAGE_PREFIX)}
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith(LANGUAGE_PREFIX)}
     missing, unexpected = fresh.load_state_dict(kept, strict=False)
     if unexpected or any(not k.startswith(LANGUAGE_PREFIX) for k in missing):
         raise RuntimeError(f"{source}: weights do not fit its own config (unexpected {unexpected[:3]}, "
