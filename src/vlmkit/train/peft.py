@@ -56,6 +56,7 @@ from ..checkpoint import CONFIG_NAME, atomic_directory, remove_stale_weights, sa
 from ..errors import CheckpointError, ConfigError, VlmkitError
 from .config import LoraConfig, PeftConfig
 from .freeze import adapter_parameters, layer_list, resolve_range
+from .state import named_tensors, trained_buffers
 
 ADAPTERS_DIR = "adapters"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -279,25 +280,6 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         seen.add(ident)
         out[base] = t.detach().contiguous()
     return out
-
-
-def trained_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Persistent buffers of the modules that own a trainable parameter: the running statistics of a fully
-    trained CNN tower's batch norms, which training updates beside its weights (and evaluation reads)."""
-    out: dict[str, torch.Tensor] = {}
-    for mname, module in model.named_modules():
-        if not any(p.requires_grad for p in module.parameters(recurse=False)):
-            continue
-        saved = module.state_dict(keep_vars=True)  # holds the persistent buffers only
-        for bname, b in module.named_buffers(recurse=False):
-            if bname in saved:
-                out[f"{mname}.{bname}" if mname else bname] = b
-    return out
-
-
-def named_tensors(model: nn.Module, remove_duplicate: bool = True) -> dict[str, torch.Tensor]:
-    """Every buffer and parameter by name: what adapter extras and PEFT resume states are loaded into."""
-    return {**dict(model.named_buffers()), **dict(model.named_parameters(remove_duplicate=remove_duplicate))}
 
 
 def extra_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

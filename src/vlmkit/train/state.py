@@ -171,10 +171,27 @@ def _new_directory(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def trained_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Persistent buffers of the modules that own a trainable parameter: the running statistics of a fully
+    trained CNN tower's batch norms, which training updates beside its weights (and evaluation reads)."""
+    out: dict[str, torch.Tensor] = {}
+    for mname, module in model.named_modules():
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+            continue
+        saved = module.state_dict(keep_vars=True)  # holds the persistent buffers only
+        for bname, b in module.named_buffers(recurse=False):
+            if bname in saved:
+                out[f"{mname}.{bname}" if mname else bname] = b
+    return out
+
+
+def named_tensors(model: nn.Module, remove_duplicate: bool = True) -> dict[str, torch.Tensor]:
+    """Every buffer and parameter by name: what adapter extras and PEFT resume states are loaded into."""
+    return {**dict(model.named_buffers()), **dict(model.named_parameters(remove_duplicate=remove_duplicate))}
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A PEFT run's trainable parameters and the buffers trained with them (batch-norm statistics)."""
-    from .peft import trained_buffers
-
     state = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     return {**{n: b.detach().cpu().contiguous() for n, b in trained_buffers(model).items()}, **state}
 
@@ -224,8 +241,6 @@ def load_optimizer_state(ckpt: Path, optimizer: torch.optim.Optimizer, scheduler
 def load_trainable(ckpt: Path, model: nn.Module) -> None:
     """Copy a PEFT checkpoint's trainable parameters into `model` (names must match exactly)."""
     state = load_file(str(ckpt / STATE_DIR / "trainable.safetensors"))
-    from .peft import named_tensors
-
     tensors = named_tensors(model)
     missing = sorted(set(state) - set(tensors))
     if missing:
