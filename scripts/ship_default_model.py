@@ -3,7 +3,8 @@
     python scripts/ship_default_model.py runs/default_stage3/final # or a checkpoint-<step> directory
 
 The model is loaded and saved again with `vlmkit.save`, so only the model files land in
-src/vlmkit/assets/default_model/ (config, safetensors weights, tokenizer, template, image settings).
+src/vlmkit/assets/default_model/ (config, safetensors weights, tokenizer, template, image settings). Its name
+and description are configs/default/model.yaml's (the run's config keeps the ones it was started with).
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 import vlmkit
 
-TARGET = Path(__file__).resolve().parents[1] / "src" / "vlmkit" / "assets" / "default_model"
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = ROOT / "src" / "vlmkit" / "assets" / "default_model"
+RECIPE_MODEL = ROOT / "configs" / "default" / "model.yaml"
 MAX_BYTES = 30 * 2**20
 
 
@@ -23,7 +28,8 @@ def main() -> int:
     p.add_argument("model_dir", help="a run's final/ or checkpoint-<step>/ directory")
     args = p.parse_args()
     model, processor = vlmkit.load(args.model_dir)
-    model.config.name = "vlmkit-default"
+    recipe = yaml.safe_load(RECIPE_MODEL.read_text())
+    model.config.name, model.config.description = recipe["name"], recipe["description"]
     vlmkit.save(model, processor, TARGET)
     size = sum(f.stat().st_size for f in TARGET.rglob("*") if f.is_file())
     print(f"shipped {args.model_dir} -> {TARGET} ({size / 2**20:.1f} MiB)")

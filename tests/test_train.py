@@ -416,6 +416,10 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert stage4.model == "runs/default_stage4_init"  # scripts/fresh_language_model.py on stage 3's final/
     assert stage4.freeze.vision is False and stage4.freeze.connector is False  # only the fresh LM trains
     assert stage4.data.synthetic == stage2.data.synthetic
+    stage5 = RunConfig.from_file(ROOT / "configs" / "default" / "stage5.yaml")
+    assert stage5.model == stage4.output_dir + "/final" and stage5.output_dir == "runs/default_stage5"
+    assert stage5.freeze.vision is False and stage5.freeze.connector is False  # the tower stays frozen
+    assert stage5.train.lr < stage4.train.lr
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
     assert model.num_image_tokens == 36
