@@ -1,6 +1,6 @@
 """Copy a trained run's model into the package as the embedded default model (weights only, no training state).
 
-    python scripts/ship_default_model.py runs/default_stage3/final # or a checkpoint-<step> directory
+    python scripts/ship_default_model.py runs/default_stage5/final  # or a checkpoint-<step> directory
 
 The model is loaded and saved again with `vlmkit.save`, so only the model files land in
 src/vlmkit/assets/default_model/ (config, safetensors weights, tokenizer, template, image settings). Its name
