@@ -13,9 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 import vlmkit
+from vlmkit.config import VLMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "src" / "vlmkit" / "assets" / "default_model"
@@ -28,8 +27,8 @@ def main() -> int:
     p.add_argument("model_dir", help="a run's final/ or checkpoint-<step>/ directory")
     args = p.parse_args()
     model, processor = vlmkit.load(args.model_dir)
-    recipe = yaml.safe_load(RECIPE_MODEL.read_text())
-    model.config.name, model.config.description = recipe["name"], recipe["description"]
+    recipe = VLMConfig.from_file(RECIPE_MODEL)
+    model.config.name, model.config.description = recipe.name, recipe.description
     vlmkit.save(model, processor, TARGET)
     size = sum(f.stat().st_size for f in TARGET.rglob("*") if f.is_file())
     print(f"shipped {args.model_dir} -> {TARGET} ({size / 2**20:.1f} MiB)")
