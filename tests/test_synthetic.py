@@ -87,6 +87,16 @@ def test_grounding_answer_matches_meta_bbox_and_pixels() -> None:
         assert extent == pytest.approx([x0, y0, x1, y1], abs=1)  # the shape fills its box edge to edge
 
 
+def test_grounding_answer_phrase_names_the_object_before_its_box() -> None:
+    boxed = generate("shapes", 8, seed=7, tasks="grounding")
+    phrased = generate("shapes", 8, seed=7, tasks="grounding", grounding_answer="phrase")
+    for b, p in zip(boxed, phrased):
+        assert p.answer() == f"the {b.meta['ref']}{b.answer()}"
+        assert p.meta["bbox"] == b.meta["bbox"] and p.images[0].tobytes() == b.images[0].tobytes()  # same scene
+    with pytest.raises(ConfigError, match="grounding_answer='name'; allowed: box, phrase"):
+        make_sample("shapes", 0, 0, grounding_answer="name")
+
+
 def test_caption_and_captcha_content() -> None:
     cap = generate("caption", 5, seed=1)
     for s in cap:

@@ -420,6 +420,10 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert stage5.model == stage4.output_dir + "/final" and stage5.output_dir == "runs/default_stage5"
     assert stage5.freeze.vision is False and stage5.freeze.connector is False  # the tower stays frozen
     assert stage5.train.lr < stage4.train.lr
+    stage6 = RunConfig.from_file(ROOT / "configs" / "default" / "stage6.yaml")
+    assert stage6.model == stage5.output_dir + "/final" and stage6.output_dir == "runs/default_stage6"
+    assert stage6.model_overrides == ["image_positions=shared"]  # image tokens stop telling the LM where they are
+    assert stage6.freeze.vision is False and stage6.freeze.connector is False
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
     assert model.num_image_tokens == 36

@@ -29,6 +29,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 TASKS = ("count", "color", "position", "grounding")
 GROUNDING_PROMPT = "Can you point out {} in the image and provide the bounding boxes of its location?"
+GROUNDING_ANSWERS = ("box", "phrase")
+"""A grounding answer: the box alone (`[[x0,y0,x1,y1]]`) or CogVLM's grounded phrase (`the red circle[[...]]`)."""
 MIN_GAP = 4
 """Pixels two shapes' centers must differ horizontally for a left/right question about them."""
 
@@ -140,41 +142,48 @@ def ask_position(rng: random.Random, shapes: Sequence[Shape]) -> tuple[str, str,
     return "Which shape is the leftmost?", f"the {ordered[0].name}", {}
 
 
-def ask_grounding(rng: random.Random, shapes: Sequence[Shape], size: int) -> tuple[str, str, dict[str, object]]:
+def ask_grounding(
+    rng: random.Random, shapes: Sequence[Shape], size: int, style: str = "box"
+) -> tuple[str, str, dict[str, object]]:
     s = rng.choice(list(shapes))
-    answer = to_cogvlm_box(s.box, (size, size), "real")
-    return GROUNDING_PROMPT.format(f"the {s.name}"), answer, {"bbox": list(s.box), "ref": s.name}
+    ref = f"the {s.name}"
+    box = to_cogvlm_box(s.box, (size, size), "real")
+    answer = ref + box if style == "phrase" else box
+    return GROUNDING_PROMPT.format(ref), answer, {"bbox": list(s.box), "ref": s.name}
 
 
-def _question(rng: random.Random, task: str, shapes: Sequence[Shape], size: int):
+def _question(rng: random.Random, task: str, shapes: Sequence[Shape], size: int, grounding_answer: str = "box"):
     if task == "count":
         return ask_count(rng, shapes)
     if task == "color":
         return ask_color(rng, shapes)
     if task == "position":
         return ask_position(rng, shapes)
-    return ask_grounding(rng, shapes, size)
+    return ask_grounding(rng, shapes, size, grounding_answer)
 
 
 # ---------------------------------------------------------------------------------------------- samples
 def shapes_sample(
     rng: random.Random, sample_id: str, image_size: int = 96, tasks: Sequence[str] | str | None = None,
-    max_shapes: int = 5, turns: int = 1,
+    max_shapes: int = 5, turns: int = 1, grounding_answer: str = "box",
 ) -> Sample:
     """One shapes image and `turns` questions about it (a multi-turn chat; the image comes with the first).
 
     meta["task"] / meta["answer"] (and a grounding turn's "bbox" / "ref") describe the last turn, the one
     `Sample.answer()` returns. Several turns per image give training many answers per image encoding.
     A task that cannot be asked about this scene (no unique shape kind for `color`, shapes too close for
-    `position`) falls back to `count` when `count` is allowed, else to `grounding`.
+    `position`) falls back to `count` when `count` is allowed, else to `grounding`. `grounding_answer`: one of
+    `GROUNDING_ANSWERS`.
     """
     if turns < 1:
         raise ConfigError(f"shapes turns={turns}; use 1 or more questions per image")
+    if grounding_answer not in GROUNDING_ANSWERS:
+        raise ConfigError(f"shapes grounding_answer='{grounding_answer}'; allowed: {', '.join(GROUNDING_ANSWERS)}")
     allowed = parse_tasks(tasks)
     shapes = make_scene(rng, image_size, max_shapes)
     messages: list[dict[str, str]] = []
     for turn in range(turns):
-        task, (question, answer, extra) = pick_question(rng, allowed, shapes, image_size)
+        task, (question, answer, extra) = pick_question(rng, allowed, shapes, image_size, grounding_answer)
         prefix = f"{IMAGE_TOKEN}\n" if turn == 0 else ""
         messages += [{"role": "user", "content": prefix + question}, {"role": "assistant", "content": answer}]
     meta: dict[str, object] = {"task": task, "answer": answer, "image_size": [image_size, image_size],
@@ -183,14 +192,14 @@ def shapes_sample(
 
 
 def pick_question(
-    rng: random.Random, allowed: list[str], shapes: Sequence[Shape], size: int
+    rng: random.Random, allowed: list[str], shapes: Sequence[Shape], size: int, grounding_answer: str = "box"
 ) -> tuple[str, tuple[str, str, dict[str, object]]]:
     """(task, (question, answer, meta extras)) of one question from `allowed` (falls back as `shapes_sample` says)."""
     task = rng.choice(allowed)
-    qa = _question(rng, task, shapes, size)
+    qa = _question(rng, task, shapes, size, grounding_answer)
     if qa is None:
         task = "count" if "count" in allowed else "grounding"
-        qa = _question(rng, task, shapes, size)
+        qa = _question(rng, task, shapes, size, grounding_answer)
     return task, qa
 
 
