@@ -143,12 +143,12 @@ def ask_position(rng: random.Random, shapes: Sequence[Shape]) -> tuple[str, str,
 
 
 def ask_grounding(
-    rng: random.Random, shapes: Sequence[Shape], size: int, style: str = "box"
+    rng: random.Random, shapes: Sequence[Shape], size: int, grounding_answer: str = "box"
 ) -> tuple[str, str, dict[str, object]]:
     s = rng.choice(list(shapes))
     ref = f"the {s.name}"
     box = to_cogvlm_box(s.box, (size, size), "real")
-    answer = ref + box if style == "phrase" else box
+    answer = ref + box if grounding_answer == "phrase" else box
     return GROUNDING_PROMPT.format(ref), answer, {"bbox": list(s.box), "ref": s.name}
 
 
