@@ -97,6 +97,15 @@ def test_grounding_answer_phrase_names_the_object_before_its_box() -> None:
         make_sample("shapes", 0, 0, grounding_answer="name")
 
 
+def test_min_shapes_leaves_out_single_object_scenes() -> None:
+    default = generate("shapes", 40, seed=7, tasks="grounding")
+    crowded = generate("shapes", 40, seed=7, tasks="grounding", min_shapes=3)
+    assert min(len(s.meta["shapes"]) for s in default) == 1
+    assert min(len(s.meta["shapes"]) for s in crowded) >= 3 and max(len(s.meta["shapes"]) for s in crowded) <= 5
+    with pytest.raises(ConfigError, match="min_shapes=6, max_shapes=5"):
+        make_sample("shapes", 0, 0, min_shapes=6)
+
+
 def test_caption_and_captcha_content() -> None:
     cap = generate("caption", 5, seed=1)
     for s in cap:

@@ -424,6 +424,14 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert stage6.model == stage5.output_dir + "/final" and stage6.output_dir == "runs/default_stage6"
     assert stage6.model_overrides == ["image_positions=shared"]  # image tokens stop telling the LM where they are
     assert stage6.freeze.vision is False and stage6.freeze.connector is False
+    stage7 = RunConfig.from_file(ROOT / "configs" / "default" / "stage7.yaml")
+    assert stage7.model == stage6.output_dir + "/final" and stage7.output_dir == "runs/default_stage7"
+    assert stage7.freeze.vision is False and stage7.freeze.connector is False
+    grounding = [e for e in stage7.data.synthetic if e.get("tasks") == "grounding"]
+    assert grounding and grounding[0]["min_shapes"] == 2  # every grounding question picks one of several objects
+    from vlmkit.train.loop import synthetic_split
+    for entry in stage7.data.synthetic:  # every option is one its generator knows
+        synthetic_split({**entry, "n": 2, "valid_n": 1} if "valid_n" in entry else {**entry, "n": 2})
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
     assert model.num_image_tokens == 36

@@ -56,12 +56,20 @@ class Shape:
 
 
 # ------------------------------------------------------------------------------------------------ scenes
-def make_scene(rng: random.Random, size: int = 96, max_shapes: int = 5) -> list[Shape]:
-    """1..max_shapes shapes with distinct (color, kind) pairs, placed without overlap (with a 2 px margin)."""
+def make_scene(rng: random.Random, size: int = 96, max_shapes: int = 5, min_shapes: int = 1) -> list[Shape]:
+    """min_shapes..max_shapes shapes with distinct (color, kind) pairs, placed without overlap (2 px margin).
+
+    A crowded small image may place fewer than asked (a shape that finds no free spot after 100 tries is dropped).
+    """
     if size < 32:
         raise ConfigError(f"image_size={size} is too small for shapes; use 32 px or more")
+    if not 1 <= min_shapes <= max_shapes <= len(COLORS) * len(SHAPES):
+        raise ConfigError(
+            f"shapes min_shapes={min_shapes}, max_shapes={max_shapes}; "
+            f"need 1 <= min_shapes <= max_shapes <= {len(COLORS) * len(SHAPES)}"
+        )
     combos = [(c, k) for c in COLORS for k in SHAPES]
-    wanted = rng.randint(1, max_shapes)
+    wanted = rng.randint(min_shapes, max_shapes)
     shapes: list[Shape] = []
     for color, kind in rng.sample(combos, wanted):
         box = _place(rng, size, [s.box for s in shapes])
@@ -165,7 +173,7 @@ def _question(rng: random.Random, task: str, shapes: Sequence[Shape], size: int,
 # ---------------------------------------------------------------------------------------------- samples
 def shapes_sample(
     rng: random.Random, sample_id: str, image_size: int = 96, tasks: Sequence[str] | str | None = None,
-    max_shapes: int = 5, turns: int = 1, grounding_answer: str = "box",
+    max_shapes: int = 5, turns: int = 1, grounding_answer: str = "box", min_shapes: int = 1,
 ) -> Sample:
     """One shapes image and `turns` questions about it (a multi-turn chat; the image comes with the first).
 
@@ -173,14 +181,14 @@ def shapes_sample(
     `Sample.answer()` returns. Several turns per image give training many answers per image encoding.
     A task that cannot be asked about this scene (no unique shape kind for `color`, shapes too close for
     `position`) falls back to `count` when `count` is allowed, else to `grounding`. `grounding_answer`: one of
-    `GROUNDING_ANSWERS`.
+    `GROUNDING_ANSWERS`. `min_shapes` > 1 leaves out the scenes where a question needs no choosing between objects.
     """
     if turns < 1:
         raise ConfigError(f"shapes turns={turns}; use 1 or more questions per image")
     if grounding_answer not in GROUNDING_ANSWERS:
         raise ConfigError(f"shapes grounding_answer='{grounding_answer}'; allowed: {', '.join(GROUNDING_ANSWERS)}")
     allowed = parse_tasks(tasks)
-    shapes = make_scene(rng, image_size, max_shapes)
+    shapes = make_scene(rng, image_size, max_shapes, min_shapes)
     messages: list[dict[str, str]] = []
     for turn in range(turns):
         task, (question, answer, extra) = pick_question(rng, allowed, shapes, image_size, grounding_answer)
