@@ -431,7 +431,7 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert grounding and grounding[0]["min_shapes"] == 2  # every grounding question picks one of several objects
     from vlmkit.train.loop import synthetic_split
     for entry in stage7.data.synthetic:  # every option is one its generator knows
-        synthetic_split({**entry, "n": 2, "valid_n": 1} if "valid_n" in entry else {**entry, "n": 2})
+        synthetic_split({**entry, "n": 2, "valid_n": 1})
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
     assert model.num_image_tokens == 36
