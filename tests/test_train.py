@@ -429,8 +429,12 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert stage7.freeze.vision is False and stage7.freeze.connector is False
     grounding = [e for e in stage7.data.synthetic if e.get("tasks") == "grounding"]
     assert grounding and grounding[0]["min_shapes"] == 2  # every grounding question picks one of several objects
+    stage8 = RunConfig.from_file(ROOT / "configs" / "default" / "stage8.yaml")
+    assert stage8.model == stage7.output_dir + "/final" and stage8.output_dir == "runs/default_stage8"
+    assert stage8.freeze.vision and stage8.freeze.connector and stage8.freeze.language  # the whole model trains
+    assert stage8.train.vision_lr < stage8.train.lr and stage8.train.connector_lr < stage8.train.lr
     from vlmkit.train.loop import synthetic_split
-    for entry in stage7.data.synthetic:  # every option is one its generator knows
+    for entry in stage7.data.synthetic + stage8.data.synthetic:  # every option is one its generator knows
         synthetic_split({**entry, "n": 2, "valid_n": 1})
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
