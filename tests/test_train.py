@@ -436,7 +436,8 @@ def test_default_model_recipe_configs_are_valid() -> None:
     stage9 = RunConfig.from_file(ROOT / "configs" / "default" / "stage9.yaml")
     assert stage9.model == stage8.output_dir + "/final" and stage9.output_dir == "runs/default_stage9"
     from vlmkit.train.loop import synthetic_split
-    for entry in stage7.data.synthetic + stage8.data.synthetic + stage9.data.synthetic:  # every option is one its generator knows
+    # every option is one its generator knows
+    for entry in stage7.data.synthetic + stage8.data.synthetic + stage9.data.synthetic:
         synthetic_split({**entry, "n": 2, "valid_n": 1})
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
