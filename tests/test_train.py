@@ -420,24 +420,20 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert stage5.model == stage4.output_dir + "/final" and stage5.output_dir == "runs/default_stage5"
     assert stage5.freeze.vision is False and stage5.freeze.connector is False  # the tower stays frozen
     assert stage5.train.lr < stage4.train.lr
-    stage6 = RunConfig.from_file(ROOT / "configs" / "default" / "stage6.yaml")
-    assert stage6.model == stage5.output_dir + "/final" and stage6.output_dir == "runs/default_stage6"
+    later = [RunConfig.from_file(ROOT / "configs" / "default" / f"stage{i}.yaml") for i in range(6, 10)]
+    for i, (before, stage) in enumerate(zip([stage5, *later], later), start=6):  # each continues the one before
+        assert stage.model == before.output_dir + "/final" and stage.output_dir == f"runs/default_stage{i}"
+    stage6, stage7, stage8, stage9 = later
     assert stage6.model_overrides == ["image_positions=shared"]  # image tokens stop telling the LM where they are
     assert stage6.freeze.vision is False and stage6.freeze.connector is False
-    stage7 = RunConfig.from_file(ROOT / "configs" / "default" / "stage7.yaml")
-    assert stage7.model == stage6.output_dir + "/final" and stage7.output_dir == "runs/default_stage7"
     assert stage7.freeze.vision is False and stage7.freeze.connector is False
     grounding = [e for e in stage7.data.synthetic if e.get("tasks") == "grounding"]
     assert grounding and grounding[0]["min_shapes"] == 2  # every grounding question picks one of several objects
-    stage8 = RunConfig.from_file(ROOT / "configs" / "default" / "stage8.yaml")
-    assert stage8.model == stage7.output_dir + "/final" and stage8.output_dir == "runs/default_stage8"
     assert stage8.freeze.vision and stage8.freeze.connector and stage8.freeze.language  # the whole model trains
     assert stage8.train.vision_lr < stage8.train.lr and stage8.train.connector_lr < stage8.train.lr
-    stage9 = RunConfig.from_file(ROOT / "configs" / "default" / "stage9.yaml")
-    assert stage9.model == stage8.output_dir + "/final" and stage9.output_dir == "runs/default_stage9"
     from vlmkit.train.loop import synthetic_split
     # every option is one its generator knows
-    for entry in stage7.data.synthetic + stage8.data.synthetic + stage9.data.synthetic:
+    for entry in [e for stage in (stage7, stage8, stage9) for e in stage.data.synthetic]:
         synthetic_split({**entry, "n": 2, "valid_n": 1})
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
