@@ -429,8 +429,9 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert stage7.freeze.vision is False and stage7.freeze.connector is False
     grounding = [e for e in stage7.data.synthetic if e.get("tasks") == "grounding"]
     assert grounding and grounding[0]["min_shapes"] == 2  # every grounding question picks one of several objects
-    assert stage8.freeze.vision and stage8.freeze.connector and stage8.freeze.language  # the whole model trains
-    assert stage8.train.vision_lr < stage8.train.lr and stage8.train.connector_lr < stage8.train.lr
+    for stage in (stage8, stage9):  # the whole model trains, the tower and connector slower than the LM
+        assert stage.freeze.vision and stage.freeze.connector and stage.freeze.language
+        assert stage.train.vision_lr < stage.train.lr and stage.train.connector_lr < stage.train.lr
     from vlmkit.train.loop import synthetic_split
     # every option is one its generator knows
     for entry in [e for stage in (stage7, stage8, stage9) for e in stage.data.synthetic]:
