@@ -420,25 +420,34 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert stage5.model == stage4.output_dir + "/final" and stage5.output_dir == "runs/default_stage5"
     assert stage5.freeze.vision is False and stage5.freeze.connector is False  # the tower stays frozen
     assert stage5.train.lr < stage4.train.lr
-    later = [RunConfig.from_file(ROOT / "configs" / "default" / f"stage{i}.yaml") for i in range(6, 10)]
+    later = [RunConfig.from_file(ROOT / "configs" / "default" / f"stage{i}.yaml") for i in range(6, 12)]
     for i, (before, stage) in enumerate(zip([stage5, *later], later), start=6):  # each continues the one before
         assert stage.model == before.output_dir + "/final" and stage.output_dir == f"runs/default_stage{i}"
-    stage6, stage7, stage8, stage9 = later
+    stage6, stage7, stage8, stage9, stage10, stage11 = later
     assert stage6.model_overrides == ["image_positions=shared"]  # image tokens stop telling the LM where they are
     assert stage6.freeze.vision is False and stage6.freeze.connector is False
     assert stage7.freeze.vision is False and stage7.freeze.connector is False
     grounding = [e for e in stage7.data.synthetic if e.get("tasks") == "grounding"]
     assert grounding and grounding[0]["min_shapes"] == 2  # every grounding question picks one of several objects
-    for stage in (stage8, stage9):  # the whole model trains, the tower and connector slower than the LM
+    assert stage10.model_overrides == ["vision.image_size=128"]  # 64 image tokens from here on
+    assert {e["kind"] for e in stage10.data.synthetic} == {"captcha"}
+    for stage in (stage8, stage9, stage10, stage11):  # the whole model trains, the tower and connector slower than the LM
         assert stage.freeze.vision and stage.freeze.connector and stage.freeze.language
         assert stage.train.vision_lr < stage.train.lr and stage.train.connector_lr < stage.train.lr
     from vlmkit.train.loop import synthetic_split
     # every option is one its generator knows
-    for entry in [e for stage in (stage7, stage8, stage9) for e in stage.data.synthetic]:
+    for entry in [e for stage in later[1:] for e in stage.data.synthetic]:
         synthetic_split({**entry, "n": 2, "valid_n": 1})
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
     assert model.num_image_tokens == 36
+    from vlmkit.data.synthetic import make_sample
+    _, processor = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"), stage10.model_overrides)
+    assert processor.num_image_tokens == 64
+    for entry in stage11.data.synthetic:  # at 64 image tokens the longest conversations still fit untruncated
+        options = {k: v for k, v in entry.items() if k not in ("kind", "n", "valid_n", "valid_options")}
+        sample = make_sample(entry["kind"], 0, **options)
+        assert len(processor.encode(sample.messages, sample.images, max_length=10_000).input_ids) <= processor.max_length
 
 
 def test_model_overrides_continue_a_checkpoint_in_a_changed_shape(tmp_path: Path) -> None:
