@@ -420,10 +420,10 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert stage5.model == stage4.output_dir + "/final" and stage5.output_dir == "runs/default_stage5"
     assert stage5.freeze.vision is False and stage5.freeze.connector is False  # the tower stays frozen
     assert stage5.train.lr < stage4.train.lr
-    later = [RunConfig.from_file(ROOT / "configs" / "default" / f"stage{i}.yaml") for i in range(6, 12)]
+    later = [RunConfig.from_file(ROOT / "configs" / "default" / f"stage{i}.yaml") for i in range(6, 13)]
     for i, (before, stage) in enumerate(zip([stage5, *later], later), start=6):  # each continues the one before
         assert stage.model == before.output_dir + "/final" and stage.output_dir == f"runs/default_stage{i}"
-    stage6, stage7, stage8, stage9, stage10, stage11 = later
+    stage6, stage7, stage8, stage9, stage10, stage11, stage12 = later
     assert stage6.model_overrides == ["image_positions=shared"]  # image tokens stop telling the LM where they are
     assert stage6.freeze.vision is False and stage6.freeze.connector is False
     assert stage7.freeze.vision is False and stage7.freeze.connector is False
@@ -431,7 +431,7 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert grounding and grounding[0]["min_shapes"] == 2  # every grounding question picks one of several objects
     assert stage10.model_overrides == ["vision.image_size=128"]  # 64 image tokens from here on
     assert {e["kind"] for e in stage10.data.synthetic} == {"captcha"}
-    for stage in (stage8, stage9, stage10, stage11):  # the whole model trains, the tower and connector slower than the LM
+    for stage in (stage8, stage9, stage10, stage11, stage12):  # the whole model trains, the tower and connector slower than the LM
         assert stage.freeze.vision and stage.freeze.connector and stage.freeze.language
         assert stage.train.vision_lr < stage.train.lr and stage.train.connector_lr < stage.train.lr
     from vlmkit.train.loop import synthetic_split
