@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
@@ -31,11 +32,20 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+CACHE_ARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+"""The LM's KV-cache argument and output field: `cache` from transformers 5.24 on, `past_key_values` before."""
+
+
 @dataclass
 class VLMOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None  # [B, L, V]
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
+
+    @property
+    def past_key_values(self) -> Cache | None:
+        """The KV cache under its transformers < 5.24 name."""
+        return self.cache
 
 
 class VLMModel(nn.Module):
@@ -163,19 +173,19 @@ class VLMModel(nn.Module):
             position_ids = self._default_positions(input_ids, attention_mask, token_type_ids, past_key_values)
         extra = self.fusion.forward_kwargs(token_type_ids, position_ids) if self.fusion is not None else {}
         inputs = dict(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                      past_key_values=past_key_values, use_cache=use_cache, **extra)
+                      use_cache=use_cache, **{CACHE_ARG: past_key_values}, **extra)
         if logits_to_keep == "labels" and labels is not None and self._head_is_plain():
             lm = _unwrap(self.language_model)
             out = lm.base_model(**inputs)
             loss, logits = selected_logits_loss(
                 out.last_hidden_state, lm.get_output_embeddings(), labels, num_items_in_batch
             )
-            return VLMOutput(loss=loss, logits=logits, past_key_values=out.past_key_values)
+            return VLMOutput(loss=loss, logits=logits, cache=getattr(out, CACHE_ARG))
         if logits_to_keep == "last":
             inputs["logits_to_keep"] = 1
         out = self.language_model(**inputs)
         loss = None if labels is None else causal_lm_loss(out.logits, labels, num_items_in_batch)
-        return VLMOutput(loss=loss, logits=out.logits, past_key_values=out.past_key_values)
+        return VLMOutput(loss=loss, logits=out.logits, cache=getattr(out, CACHE_ARG))
 
     def position_ids(self, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Positions of a whole (uncached) prompt [B, L]: the fusion's, shared per image

@@ -54,6 +54,7 @@ from transformers.cache_utils import Cache
 from .. import __version__
 from ..checkpoint import CONFIG_NAME, atomic_directory, remove_stale_weights, save_weights, write_json
 from ..errors import CheckpointError, ConfigError, VlmkitError
+from ..models.vlm import CACHE_ARG
 from .config import LoraConfig, PeftConfig
 from .freeze import adapter_parameters, layer_list, resolve_range
 from .state import named_tensors, trained_buffers
@@ -154,9 +155,9 @@ class PrefixTunedLM(PeftModelForCausalLM):
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get(CACHE_ARG)
         if cache is None or (isinstance(cache, Cache) and cache.get_seq_length() == 0):
-            kwargs.pop("past_key_values", None)
+            kwargs.pop(CACHE_ARG, None)
             return super().forward(input_ids=input_ids, attention_mask=attention_mask,
                                    inputs_embeds=inputs_embeds, labels=labels, **kwargs)
         n = self.active_peft_config.num_virtual_tokens
