@@ -313,7 +313,7 @@ class Scheduler:
                                position_ids=prefill.position_ids, token_type_ids=prefill.token_type_ids,
                                image_features=prefill.image_features, past_key_values=cache, use_cache=True,
                                logits_to_keep="last")
-        cache = out.past_key_values if out.past_key_values is not None else cache  # prefix tuning makes its own
+        cache = out.cache if out.cache is not None else cache  # prefix tuning makes its own
         mask = prefill.attention_mask  # [B, C]
         batch = _Batch(slots, cache, mask, prefill.position_ids[:, -1:] + 1, _mergeable(cache, mask))
         self._choose(batch, out.logits[:, -1])

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from tokenizers import AddedToken
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from ..config import LanguageConfig
@@ -36,6 +37,10 @@ _SIZE_FIELDS = {
 }
 # Configs that name the MLP width differently and have no attribute_map entry for it.
 _INTERMEDIATE_ALIASES = ("n_inner", "ffn_hidden_size", "ffn_dim")
+
+
+CACHE_ARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+"""The LM's KV-cache argument and output field: `cache` from transformers 5.24 on, `past_key_values` before."""
 
 
 def _require_dir(path: str, what: str) -> Path:

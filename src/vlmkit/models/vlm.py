@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
@@ -23,17 +22,13 @@ from ..constants import IMAGE_TOKEN
 from ..errors import VlmkitError
 from .connectors import ConnectorContext, build_connector
 from .fusion import build_fusion
-from .language import build_language_model, language_hf_config_dict, record_language_sizes
+from .language import CACHE_ARG, build_language_model, language_hf_config_dict, record_language_sizes
 from .loss import causal_lm_loss, selected_logits_loss
 from .vision import build_vision_encoder
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-CACHE_ARG = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-"""The LM's KV-cache argument and output field: `cache` from transformers 5.24 on, `past_key_values` before."""
 
 
 @dataclass

@@ -54,7 +54,7 @@ from transformers.cache_utils import Cache
 from .. import __version__
 from ..checkpoint import CONFIG_NAME, atomic_directory, remove_stale_weights, save_weights, write_json
 from ..errors import CheckpointError, ConfigError, VlmkitError
-from ..models.vlm import CACHE_ARG
+from ..models.language import CACHE_ARG
 from .config import LoraConfig, PeftConfig
 from .freeze import adapter_parameters, layer_list, resolve_range
 from .state import named_tensors, trained_buffers
