@@ -2,9 +2,9 @@
 
     python scripts/grow_model.py runs/default_stage12/final runs/default_stage13_init --vision-depth 6
 
-A recipe step of the embedded default model (configs/default/stage13.yaml). Every weight of `source` is kept; the
-new residual blocks start as identities, so the grown model answers exactly as `source` did and training adds
-capacity from there (Net2DeeperNet; the zero-initialised last norm of each block as in Goyal et al.'s ResNets):
+Adds capacity to a model that has settled (the README's default-model section reports two tries with it on the
+embedded default model). Every weight of `source` is kept; the new residual blocks start as identities, so the
+grown model answers exactly as `source` did and training adds capacity from there (Net2DeeperNet; the zero-initialised last norm of each block as in Goyal et al.'s ResNets):
 - `--vision-depth N`: the ResNet tower's last stage gets N basic blocks; each new block's last batch-norm scale is
   zero, so the block adds nothing to its skip connection.
 - `--language-layers M`: the LM gets M decoder layers; the new ones (appended on top) have zero output projections
@@ -38,9 +38,10 @@ def grown_config(config: VLMConfig, vision_depth: int | None, language_layers: i
     config = copy.deepcopy(config)
     if vision_depth is not None:
         hf = config.vision.hf_config or {}
-        if config.vision.type != "resnet" or "depths" not in hf:
-            raise ConfigError(f"--vision-depth needs a resnet tower with its depths in vision.hf_config; "
-                              f"this model's tower is '{config.vision.type}'")
+        if config.vision.type != "resnet" or "depths" not in hf or hf.get("layer_type") != "basic":
+            raise ConfigError(f"--vision-depth needs a resnet tower of basic blocks with its depths in "
+                              f"vision.hf_config; this model's tower is '{config.vision.type}' "
+                              f"({hf.get('layer_type', 'no layer_type')})")
         if vision_depth < hf["depths"][-1]:
             raise ConfigError(f"--vision-depth {vision_depth} is below the tower's {hf['depths'][-1]} blocks; "
                               "this script only adds blocks")
