@@ -16,13 +16,13 @@ the source's logits on a probe batch before it writes anything.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
 import torch
 
 import vlmkit
+from vlmkit.api import saved_config
 from vlmkit.config import VLMConfig
 from vlmkit.errors import ConfigError
 from vlmkit.models.vlm import VLMModel
@@ -33,9 +33,10 @@ LANGUAGE_LAYERS = "language_model.model.layers."
 ZERO_IN_NEW_LANGUAGE_LAYERS = ("self_attn.o_proj.", "mlp.down_proj.")
 
 
-def grown_config(config: VLMConfig, vision_depth: int | None, language_layers: int | None) -> VLMConfig:
-    """`config` with the last tower stage `vision_depth` blocks deep and `language_layers` LM layers."""
-    config = copy.deepcopy(config)
+def growth_overrides(config: VLMConfig, vision_depth: int | None, language_layers: int | None) -> list[str]:
+    """`a.b=c` overrides (as `vlmkit.load` takes them) giving the last tower stage `vision_depth` blocks and the LM
+    `language_layers` layers; refuses anything that is not growth."""
+    overrides = []
     if vision_depth is not None:
         hf = config.vision.hf_config or {}
         if config.vision.type != "resnet" or "depths" not in hf or hf.get("layer_type") != "basic":
@@ -45,15 +46,13 @@ def grown_config(config: VLMConfig, vision_depth: int | None, language_layers: i
         if vision_depth < hf["depths"][-1]:
             raise ConfigError(f"--vision-depth {vision_depth} is below the tower's {hf['depths'][-1]} blocks; "
                               "this script only adds blocks")
-        hf["depths"] = [*hf["depths"][:-1], vision_depth]
+        overrides.append(f"vision.hf_config.depths={[*hf['depths'][:-1], vision_depth]}")
     if language_layers is not None:
         if language_layers < config.language.num_layers:
             raise ConfigError(f"--language-layers {language_layers} is below the LM's "
                               f"{config.language.num_layers}; this script only adds layers")
-        config.language.num_layers = language_layers
-        if config.language.hf_config:
-            config.language.hf_config["num_hidden_layers"] = language_layers
-    return config
+        overrides.append(f"language.num_layers={language_layers}")
+    return overrides
 
 
 def _identity_init(grown: VLMModel, new_keys: list[str], last_stage: int) -> None:
@@ -82,7 +81,7 @@ def grow_model(source: str | Path, output: str | Path, vision_depth: int | None 
                language_layers: int | None = None, seed: int = 0) -> list[str]:
     """Write `source` deepened to `output`; returns the names of the new tensors."""
     model, processor = vlmkit.load(source)
-    config = grown_config(model.resolved_config(), vision_depth, language_layers)
+    config = saved_config(source, growth_overrides(model.config, vision_depth, language_layers))
     torch.manual_seed(seed)
     grown = VLMModel(config, processor.tokenizer)
     old = model.state_dict()

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 
 import vlmkit
+from conftest import load_script
 from vlmkit.checkpoint import load_weights
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fresh_language_model.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("fresh_language_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_keeps_vision_and_connector_and_reinitialises_the_language_model(tmp_path: Path) -> None:
     model, processor = vlmkit.build("llava-tiny")
     vlmkit.save(model, processor, tmp_path / "src")
-    kept, fresh = _script().fresh_language_model(tmp_path / "src", tmp_path / "out", seed=1)
+    kept, fresh = load_script("fresh_language_model").fresh_language_model(tmp_path / "src", tmp_path / "out", seed=1)
     before, after = load_weights(tmp_path / "src"), load_weights(tmp_path / "out")
     assert before.keys() == after.keys()
     language = [k for k in before if k.startswith("language_model.")]

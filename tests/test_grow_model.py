@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,22 +9,16 @@ import torch
 from PIL import Image
 
 import vlmkit
+from conftest import load_script
 from vlmkit.checkpoint import load_weights
 from vlmkit.errors import ConfigError
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "grow_model.py"
 SPEC = {"vision": {"type": "resnet", "image_size": 64, "patch_size": 4, "hidden_size": 16, "num_layers": 1,
                    "feature_layer": -1, "position_encoding": "sincos2d", "frozen": False},
         "connector": {"type": "pixel_shuffle", "factor": 4, "num_layers": 2, "norm": True},
         "language": {"type": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
                      "intermediate_size": 64}}
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("grow_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture()
@@ -46,7 +39,7 @@ def _logits(directory: Path, batch_image: Image.Image) -> torch.Tensor:
 
 
 def test_grown_model_keeps_every_weight_and_answers_as_the_source(source: Path, tmp_path: Path) -> None:
-    new = _script().grow_model(source, tmp_path / "out", vision_depth=4, language_layers=3)
+    new = load_script("grow_model").grow_model(source, tmp_path / "out", vision_depth=4, language_layers=3)
     before, after = load_weights(source), load_weights(tmp_path / "out")
     assert set(before) < set(after) and set(after) - set(before) == set(new)
     assert any(".stages.0.layers.3." in k for k in new) and any("layers.2.self_attn" in k for k in new)
@@ -59,7 +52,7 @@ def test_grown_model_keeps_every_weight_and_answers_as_the_source(source: Path, 
 
 
 def test_new_blocks_learn(source: Path, tmp_path: Path) -> None:
-    _script().grow_model(source, tmp_path / "out", vision_depth=3)
+    load_script("grow_model").grow_model(source, tmp_path / "out", vision_depth=3)
     model, processor = vlmkit.load(tmp_path / "out")
     model.train()
     batch = processor(messages=[{"role": "user", "content": "<image>\nColour?"},
@@ -72,7 +65,7 @@ def test_new_blocks_learn(source: Path, tmp_path: Path) -> None:
 
 def test_only_grows(source: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="only adds"):
-        _script().grow_model(source, tmp_path / "out", language_layers=1)
+        load_script("grow_model").grow_model(source, tmp_path / "out", language_layers=1)
     with pytest.raises(ConfigError, match="only adds"):
-        _script().grow_model(source, tmp_path / "out", vision_depth=1)
+        load_script("grow_model").grow_model(source, tmp_path / "out", vision_depth=1)
     assert not (tmp_path / "out").exists()

@@ -89,16 +89,7 @@ def load(
     directory = Path(directory)
     if not (directory / CONFIG_NAME).is_file() and (directory / BASE_REF_NAME).is_file():
         return _load_adapter_checkpoint(directory, dtype, device, adapter, overrides)
-    data = read_config(directory)
-    try:
-        if overrides:
-            apply_overrides(data, overrides)
-            keys = [item.split("=", 1)[0].strip() for item in overrides]
-            changed = [k.removeprefix("language.") for k in keys if k.startswith("language.")]
-            sync_saved_sizes(data.get("language") or {}, changed)
-        config = VLMConfig.from_dict(data)
-    except ConfigError as e:
-        raise CheckpointError(f"{directory / 'config.json'}: {e}") from None
+    config = saved_config(directory, overrides)
     if dtype is not None:
         config.dtype = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
     processor = VLMProcessor.from_pretrained(directory)
@@ -115,6 +106,22 @@ def load(
     if device is not None:
         model.to(device)
     return model.eval(), processor
+
+
+def saved_config(directory: str | Path, overrides: list[str] | None = None) -> VLMConfig:
+    """The config a model directory was saved with, `overrides` (`a.b=c`) applied; LM size overrides are written
+    into its complete `hf_config` too, which would otherwise win over them."""
+    directory = Path(directory)
+    data = read_config(directory)
+    try:
+        if overrides:
+            apply_overrides(data, overrides)
+            keys = [item.split("=", 1)[0].strip() for item in overrides]
+            changed = [k.removeprefix("language.") for k in keys if k.startswith("language.")]
+            sync_saved_sizes(data.get("language") or {}, changed)
+        return VLMConfig.from_dict(data)
+    except ConfigError as e:
+        raise CheckpointError(f"{directory / 'config.json'}: {e}") from None
 
 
 def save(model: VLMModel, processor: VLMProcessor, directory: str | Path, max_shard_size: int | str = "5GB") -> Path:
