@@ -179,3 +179,22 @@ def test_sincos2d_position_encoding_is_added_and_encodes_row_and_column() -> Non
                                           num_heads=2, intermediate_size=64, position_encoding="sincos2d"))
     with pytest.raises(ConfigError, match="allowed: none, sincos2d"):
         from_dict(VisionConfig, {"type": "resnet", "position_encoding": "learned"}, "vision")
+
+
+def test_position_grid_interpolates_sincos2d_positions_to_the_training_grid() -> None:
+    # a stride-16 tower trained at 64 px (4x4 grid) run at 80 px (5x5): with position_grid=4 the 5x5 cells get
+    # the positions of the same places on the 4x4 grid (cell centres, align_corners=False)
+    enc, cfg = build("resnet", image_size=80, position_encoding="sincos2d", position_grid=4)
+    assert enc.grid_size == (5, 5)
+    rows = [0.8 * i - 0.1 for i in range(5)]  # (i + 0.5) * 4 / 5 - 0.5: the ends sit at -0.1 and 3.1
+    omega = 1.0 / 10000 ** (torch.arange(8, dtype=torch.float32) / 8)  # [D/4]
+    angle = torch.tensor(rows)[:, None] * omega[None, :]  # [5, 8]
+    expected_row = torch.cat([angle.sin(), angle.cos()], dim=1)  # [5, 16]: the first half of the channels
+    torch.testing.assert_close(enc.position_encoding.reshape(5, 5, 32)[:, 0, :16], expected_row)
+    torch.testing.assert_close(enc.position_encoding.reshape(5, 5, 32)[0, :, 16:], expected_row)  # columns alike
+    # the centre of the image keeps its code; on the training grid itself the positions are the indices
+    torch.testing.assert_close(sincos_2d(5, 5, 32, reference=4)[12], sincos_2d(1, 1, 32, reference=4)[0])
+    assert torch.equal(sincos_2d(4, 4, 32, reference=4), sincos_2d(4, 4, 32))
+    assert not torch.allclose(enc.position_encoding, sincos_2d(5, 5, 32))
+    with pytest.raises(ConfigError, match="position_grid=4: needs position_encoding: sincos2d"):
+        from_dict(VisionConfig, {"type": "resnet", "position_grid": 4}, "vision")

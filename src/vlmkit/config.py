@@ -175,6 +175,11 @@ class VisionConfig:
     position_encoding: str = "none"
     """CNN towers (resnet, convnext): `sincos2d` adds fixed 2D sine-cosine positions to the features (as DETR
     does), so the LLM knows each token's row and column (boxes, reading order); `none` leaves them as they are."""
+    position_grid: int | None = None
+    """sincos2d only: the grid side the positions are scaled to (ViT position interpolation). None: a feature's
+    position is its row / column index. A number G: cell centres are mapped onto a G x G grid, so a model trained
+    at image_size S keeps its positions at another size when G = S / stride (e.g. 32 for a stride-4 tower trained
+    at 128 px): the same place in the image gets the same code, only finer."""
     pad_to_square: bool = False
     image_mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
     image_std: list[float] = field(default_factory=lambda: list(CLIP_STD))
@@ -192,6 +197,9 @@ class VisionConfig:
             raise ConfigError(f"{path}.image_mean and image_std need 3 values (R, G, B)")
         if self.position_encoding not in ("none", "sincos2d"):
             raise ConfigError(f"{path}.position_encoding='{self.position_encoding}'; allowed: none, sincos2d")
+        if self.position_grid is not None and (self.position_grid < 1 or self.position_encoding != "sincos2d"):
+            raise ConfigError(f"{path}.position_grid={self.position_grid}: needs position_encoding: sincos2d and a "
+                              "grid side >= 1 (or null for index positions)")
         if self.resample not in ("bicubic", "bilinear", "nearest", "lanczos"):
             raise ConfigError(f"{path}.resample='{self.resample}'; allowed: bicubic, bilinear, nearest, lanczos")
 

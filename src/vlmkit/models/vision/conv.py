@@ -11,6 +11,8 @@ CNNs learn from scratch on small data far faster than ViTs, which is why the emb
 A frozen tower (LoRA adapters on it included) keeps its batch-norm statistics fixed: it stays in eval mode.
 CNN features say little about where they are; `position_encoding: sincos2d` adds fixed 2D positions (DETR adds
 them to its ResNet features for the same reason), which grounding and reading text left to right need.
+`position_grid` scales them to the grid a model was trained on when it runs at another image size (as ViTs
+interpolate their position embeddings); with index positions a new size would move every place's code.
 """
 
 from __future__ import annotations
@@ -29,14 +31,24 @@ _STEM_STRIDE = 4
 """Both towers' stems reduce the image by 4 (ResNet: stride-2 conv + max-pool; ConvNeXt: 4x4 patchify)."""
 
 
-def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
+def grid_positions(size: int, reference: int | None = None) -> torch.Tensor:
+    """Positions [size] of a grid's cells: their indices, or with `reference` the cell centres mapped onto a grid
+    of `reference` cells (align_corners=False, as image resizing does), so that the ends stay at the same place."""
+    index = torch.arange(size, dtype=torch.float32)  # [size]
+    if reference is None or reference == size:
+        return index
+    return (index + 0.5) * (reference / size) - 0.5
+
+
+def sincos_2d(height: int, width: int, dim: int, reference: int | None = None) -> torch.Tensor:
     """Fixed 2D sine-cosine positions [height * width, dim] (row-major): the first half of the channels encode
-    the row, the second half the column, each as sin / cos at dim / 4 frequencies (MAE / DETR style)."""
+    the row, the second half the column, each as sin / cos at dim / 4 frequencies (MAE / DETR style).
+    `reference` scales the positions to a `reference` x `reference` grid (see `grid_positions`)."""
     if dim % 4:
         raise ConfigError(f"vision.position_encoding=sincos2d needs features divisible by 4, got {dim}")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))  # [D/4]
-    rows = torch.arange(height, dtype=torch.float32)[:, None].expand(height, width).reshape(-1)  # [H*W]
-    cols = torch.arange(width, dtype=torch.float32)[None, :].expand(height, width).reshape(-1)  # [H*W]
+    rows = grid_positions(height, reference)[:, None].expand(height, width).reshape(-1)  # [H*W]
+    cols = grid_positions(width, reference)[None, :].expand(height, width).reshape(-1)  # [H*W]
     parts = []
     for pos in (rows, cols):
         angle = pos[:, None] * omega[None, :]  # [H*W, D/4]
@@ -56,7 +68,9 @@ class HFConvEncoder(HFVisionEncoder):
                               "(a CNN has no final LayerNorm); set it to false")
         super().__init__(config)
         self._check_layers()
-        pos = sincos_2d(*self.grid_size, self.hidden_size) if config.position_encoding == "sincos2d" else None
+        pos = None
+        if config.position_encoding == "sincos2d":
+            pos = sincos_2d(*self.grid_size, self.hidden_size, config.position_grid)
         self.register_buffer("position_encoding", pos, persistent=False)  # [h*w, D] or None
 
     # ---------------------------------------------------------------------------------------- building
