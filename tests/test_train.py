@@ -420,10 +420,10 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert stage5.model == stage4.output_dir + "/final" and stage5.output_dir == "runs/default_stage5"
     assert stage5.freeze.vision is False and stage5.freeze.connector is False  # the tower stays frozen
     assert stage5.train.lr < stage4.train.lr
-    later = [RunConfig.from_file(ROOT / "configs" / "default" / f"stage{i}.yaml") for i in range(6, 13)]
+    later = [RunConfig.from_file(ROOT / "configs" / "default" / f"stage{i}.yaml") for i in range(6, 14)]
     for i, (before, stage) in enumerate(zip([stage5, *later], later), start=6):  # each continues the one before
         assert stage.model == before.output_dir + "/final" and stage.output_dir == f"runs/default_stage{i}"
-    stage6, stage7, stage8, stage9, stage10, stage11, stage12 = later
+    stage6, stage7, stage8, stage9, stage10, stage11, stage12, stage13 = later
     assert stage6.model_overrides == ["image_positions=shared"]  # image tokens stop telling the LM where they are
     assert stage6.freeze.vision is False and stage6.freeze.connector is False
     assert stage7.freeze.vision is False and stage7.freeze.connector is False
@@ -432,19 +432,26 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert stage10.model_overrides == ["vision.image_size=128"]  # 64 image tokens from here on
     assert {e["kind"] for e in stage10.data.synthetic} == {"captcha"}
     # the whole model trains from stage 8 on, the tower and connector slower than the LM
-    for stage in (stage8, stage9, stage10, stage11, stage12):
+    for stage in (stage8, stage9, stage10, stage11, stage12, stage13):
         assert stage.freeze.vision and stage.freeze.connector and stage.freeze.language
         assert stage.train.vision_lr < stage.train.lr and stage.train.connector_lr < stage.train.lr
     from vlmkit.train.loop import synthetic_split
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
     assert model.num_image_tokens == 36
-    _, processor = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"), stage10.model_overrides)
-    assert processor.num_image_tokens == 64
+    # 100 image tokens at 160 px, with the sincos2d positions of the 32x32 grid stages 10-12 trained on
+    assert stage13.model_overrides == ["vision.image_size=160", "vision.position_grid=32", "max_length=320"]
+    model_128, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"), stage10.model_overrides)
+    assert model_128.vision_tower.grid_size == (32, 32)
+    processors = {i: vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"), stage.model_overrides)[1]
+                  for i, stage in ((11, stage10), (12, stage10), (13, stage13))}
+    assert processors[11].num_image_tokens == 64 and processors[13].num_image_tokens == 100
+    assert processors[13].max_length == 320
     for i, stage in enumerate(later[1:], start=7):
         for entry in stage.data.synthetic:
             sample = synthetic_split({**entry, "n": 2, "valid_n": 1})[0][0]  # every option is one its generator knows
-            if i >= 11:  # trained at 128 px (64 image tokens): nothing is truncated
+            if i in processors:  # stages 11 on, at their resolution and max_length: nothing is truncated
+                processor = processors[i]
                 n_tokens = len(processor.encode(sample.messages, sample.images, max_length=10_000).input_ids)
                 assert n_tokens <= processor.max_length, (f"stage{i}.yaml", entry, n_tokens)
 
