@@ -441,10 +441,11 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert model.num_image_tokens == 36
     # 100 image tokens at 160 px, with the sincos2d positions of the 32x32 grid stages 10-12 trained on
     assert stage13.model_overrides == ["vision.image_size=160", "vision.position_grid=32", "max_length=320"]
-    model_128, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"), stage10.model_overrides)
+    model_128, processor_128 = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"),
+                                            stage10.model_overrides)
     assert model_128.vision_tower.grid_size == (32, 32)
-    processors = {i: vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"), stage.model_overrides)[1]
-                  for i, stage in ((11, stage10), (12, stage10), (13, stage13))}
+    processor_160 = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"), stage13.model_overrides)[1]
+    processors = {11: processor_128, 12: processor_128, 13: processor_160}
     assert processors[11].num_image_tokens == 64 and processors[13].num_image_tokens == 100
     assert processors[13].max_length == 320
     for i, stage in enumerate(later[1:], start=7):

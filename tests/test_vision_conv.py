@@ -184,7 +184,7 @@ def test_sincos2d_position_encoding_is_added_and_encodes_row_and_column() -> Non
 def test_position_grid_interpolates_sincos2d_positions_to_the_training_grid() -> None:
     # a stride-16 tower trained at 64 px (4x4 grid) run at 80 px (5x5): with position_grid=4 the 5x5 cells get
     # the positions of the same places on the 4x4 grid (cell centres, align_corners=False)
-    enc, cfg = build("resnet", image_size=80, position_encoding="sincos2d", position_grid=4)
+    enc, _ = build("resnet", image_size=80, position_encoding="sincos2d", position_grid=4)
     assert enc.grid_size == (5, 5)
     rows = [0.8 * i - 0.1 for i in range(5)]  # (i + 0.5) * 4 / 5 - 0.5: the ends sit at -0.1 and 3.1
     omega = 1.0 / 10000 ** (torch.arange(8, dtype=torch.float32) / 8)  # [D/4]
