@@ -35,7 +35,7 @@ def grid_positions(size: int, reference: int | None = None) -> torch.Tensor:
     """Positions [size] of a grid's cells: their indices, or with `reference` the cell centres mapped onto a grid
     of `reference` cells (align_corners=False, as image resizing does), so that the ends stay at the same place."""
     index = torch.arange(size, dtype=torch.float32)  # [size]
-    if reference is None or reference == size:
+    if reference is None:
         return index
     return (index + 0.5) * (reference / size) - 0.5
 
