@@ -100,6 +100,8 @@ class OptimConfig:
     gradient_checkpointing: bool = False
     seed: int = 0
     num_workers: int = 0
+    group_by_length: bool = False
+    """Batch samples of similar length together (less padding; see `vlmkit.train.grouping`)."""
     log_every: int = 10
     eval_every: int | None = None
     save_every: int | None = None

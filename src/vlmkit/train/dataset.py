@@ -20,6 +20,7 @@ from ..constants import IGNORE_INDEX
 from ..data.sample import Sample
 from ..processing.processor import Encoded, VLMBatch, VLMProcessor, _as_message
 from ..templates import Message, Template
+from .grouping import epoch_permutation, grouped_permutation
 
 
 def to_messages(sample: Sample) -> list[Message]:
@@ -58,18 +59,13 @@ class SampleDataset(Dataset):
                                      add_generation_prompt=False, max_length=self.max_length)
 
 
-def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """The order of `n` samples in `epoch`: a permutation that depends only on (seed, epoch)."""
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
 class ResumableSampler(Sampler[int]):
     """Indices of this rank's share of the sample stream from global position `start` for `length` positions.
 
     `length` counts global positions (all ranks together) and must be a multiple of `world_size`; every rank
-    yields `length // world_size` indices. `state_dict()` / `load_state_dict()` carry the position.
+    yields `length // world_size` indices. `state_dict()` / `load_state_dict()` carry the position. With
+    `lengths` (one per sample), each epoch's order is `grouped_permutation(lengths, ..., unit)`: `unit`
+    consecutive positions (one micro-batch of every rank) hold samples of similar length.
     """
 
     def __init__(
@@ -81,6 +77,8 @@ class ResumableSampler(Sampler[int]):
         world_size: int = 1,
         start: int = 0,
         length: int | None = None,
+        lengths: np.ndarray | None = None,
+        unit: int = 1,
     ) -> None:
         if num_samples < 1:
             raise ValueError("ResumableSampler needs at least one sample")
@@ -95,13 +93,22 @@ class ResumableSampler(Sampler[int]):
         self.length = num_samples if length is None else length
         if self.length % world_size:
             raise ValueError(f"length {self.length} is not a multiple of world_size {world_size}")
+        if lengths is not None and len(lengths) != num_samples:
+            raise ValueError(f"{len(lengths)} lengths for {num_samples} samples")
+        self.lengths, self.unit = lengths, unit
         self._cache: tuple[int, np.ndarray] | None = None
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The sample order of `epoch` (all ranks together)."""
+        if self.lengths is not None and self.shuffle:
+            return grouped_permutation(self.lengths, self.seed, epoch, self.unit)
+        return epoch_permutation(self.num_samples, self.seed, epoch, self.shuffle)
 
     def index_at(self, position: int) -> int:
         """The sample index at a global stream position."""
         epoch, offset = divmod(position, self.num_samples)
         if self._cache is None or self._cache[0] != epoch:
-            self._cache = (epoch, epoch_permutation(self.num_samples, self.seed, epoch, self.shuffle))
+            self._cache = (epoch, self.permutation(epoch))
         return int(self._cache[1][offset])
 
     def epoch_at(self, position: int) -> float:

@@ -42,6 +42,7 @@ from .distributed import (
     shutdown,
     wrap_model,
 )
+from .grouping import estimate_lengths
 from .metrics import PLOT_FILE, MetricsLog, Progress, Throughput, plot_losses
 
 StepCallback = Callable[[int, dict[str, Any]], None]
@@ -275,10 +276,17 @@ class Trainer:
         self.say(f"resumed from {ckpt} at step {self.step}")
 
     # ------------------------------------------------------------------------------------------- loop
+    def make_sampler(self) -> ResumableSampler:
+        """This rank's sample indices from the current position to the last step."""
+        lengths = None
+        if self.opt.group_by_length:
+            lengths = estimate_lengths(self.train_set.samples, self.processor, self.cfg.data.max_length)
+        return ResumableSampler(len(self.train_set), self.opt.seed, True, self.info.rank, self.info.world_size,
+                                start=self.position, length=(self.total - self.step) * self.global_batch,
+                                lengths=lengths, unit=self.opt.batch_size * self.info.world_size)
+
     def run(self) -> Path:
-        sampler = ResumableSampler(len(self.train_set), self.opt.seed, True, self.info.rank,
-                                   self.info.world_size, start=self.position,
-                                   length=(self.total - self.step) * self.global_batch)
+        sampler = self.make_sampler()
         batches = iter(make_loader(self.train_set, sampler, self.opt.batch_size, self.opt.num_workers))
         self.say(f"training {self.total} steps of {self.global_batch} samples ({len(self.train_set)} train, "
                  f"{len(self.valid_set)} valid) into {self.run_dir}")
