@@ -1,6 +1,6 @@
 """Deepen a trained model without changing what it computes: more ResNet blocks, more LM layers, as identities.
 
-    python scripts/grow_model.py runs/default_stage12/final runs/default_stage13_init --vision-depth 6
+    python scripts/grow_model.py runs/default_stage13/final runs/grown_init --vision-depth 6
 
 Adds capacity to a model that has settled (the README's default-model section reports two tries with it on the
 embedded default model). Every weight of `source` is kept; the new residual blocks start as identities, so the

@@ -439,22 +439,27 @@ def test_default_model_recipe_configs_are_valid() -> None:
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
     assert model.num_image_tokens == 36
-    # 100 image tokens at 160 px, with the sincos2d positions of the 32x32 grid stages 10-12 trained on
-    assert stage13.model_overrides == ["vision.image_size=160", "vision.position_grid=32", "max_length=320"]
+    assert stage13.train.group_by_length and not stage12.train.group_by_length
+    # the 160 px branch (not shipped): 100 image tokens, with the sincos2d positions of the 32x32 grid of 128 px
+    branch = RunConfig.from_file(ROOT / "configs" / "default" / "branch_160px.yaml")
+    assert branch.model == stage12.output_dir + "/final" and branch.output_dir == "runs/default_branch_160px"
+    assert branch.model_overrides == ["vision.image_size=160", "vision.position_grid=32", "max_length=320"]
     model_128, processor_128 = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"),
                                             stage10.model_overrides)
     assert model_128.vision_tower.grid_size == (32, 32)
-    processor_160 = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"), stage13.model_overrides)[1]
-    processors = {11: processor_128, 12: processor_128, 13: processor_160}
-    assert processors[11].num_image_tokens == 64 and processors[13].num_image_tokens == 100
-    assert processors[13].max_length == 320
-    for i, stage in enumerate(later[1:], start=7):
+    processor_160 = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"), branch.model_overrides)[1]
+    processors = {"stage11": processor_128, "stage12": processor_128, "stage13": processor_128,
+                  "branch_160px": processor_160}
+    assert processor_128.num_image_tokens == 64 and processor_160.num_image_tokens == 100
+    assert processor_160.max_length == 320
+    named = [(f"stage{i}", stage) for i, stage in enumerate(later[1:], start=7)] + [("branch_160px", branch)]
+    for name, stage in named:
         for entry in stage.data.synthetic:
             sample = synthetic_split({**entry, "n": 2, "valid_n": 1})[0][0]  # every option is one its generator knows
-            if i in processors:  # stages 11 on, at their resolution and max_length: nothing is truncated
-                processor = processors[i]
+            if name in processors:  # stages 11 on, at their resolution and max_length: nothing is truncated
+                processor = processors[name]
                 n_tokens = len(processor.encode(sample.messages, sample.images, max_length=10_000).input_ids)
-                assert n_tokens <= processor.max_length, (f"stage{i}.yaml", entry, n_tokens)
+                assert n_tokens <= processor.max_length, (f"{name}.yaml", entry, n_tokens)
 
 
 def test_model_overrides_continue_a_checkpoint_in_a_changed_shape(tmp_path: Path) -> None:
