@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from train_throughput import measured_rate  # bench/ is on sys.path when run as a script
 
 from vlmkit.train.config import RunConfig
 from vlmkit.train.loop import train
@@ -41,7 +42,7 @@ def run(steps: int, batch: int, group: bool, out: Path) -> float:
     })
     stamps: list[float] = []
     train(cfg, overwrite=True, callback=lambda step, record: stamps.append(time.perf_counter()))
-    return (len(stamps) - 2) * batch / (stamps[-1] - stamps[1])
+    return measured_rate(stamps, batch)
 
 
 def main() -> int:
