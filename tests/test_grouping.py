@@ -79,7 +79,9 @@ def test_estimate_lengths_encodes_one_sample_per_generator_and_counts_words_othe
     assert estimate_lengths(in_memory, processor).tolist() == [processor.num_image_tokens + 3, 3]
 
 
-def test_training_with_group_by_length_draws_one_generator_per_batch_and_resumes(tmp_path: Path) -> None:
+def test_training_with_group_by_length_draws_one_generator_per_batch_and_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = mixture_config(tmp_path / "g", group=True)
     trainer = Trainer(cfg, DistInfo())
     trainer.setup(*load_data(cfg))
@@ -95,3 +97,8 @@ def test_training_with_group_by_length_draws_one_generator_per_batch_and_resumes
     train(mixture_config(tmp_path / "g", group=True), resume=True,
           callback=lambda step, record: again.append(record["loss"]))
     assert again == full[2:]  # continued from checkpoint-2 on the same batch
+    assert "group_by_length" not in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "g" / "final")
+    shutil.rmtree(tmp_path / "g" / "checkpoint-3")
+    train(mixture_config(tmp_path / "g", group=False), resume=True)  # another order from here: said, not silent
+    assert "trained with train.group_by_length=True, this run has False" in capsys.readouterr().out

@@ -268,6 +268,10 @@ class Trainer:
         if ts.get("total_steps") != self.total:
             self.say(f"warning: {ckpt} belongs to a run of {ts.get('total_steps')} steps, this one has "
                      f"{self.total}: the learning-rate schedule changes length (not an exact resume)")
+        if bool(ts.get("group_by_length", False)) != self.opt.group_by_length:
+            self.say(f"warning: {ckpt} was trained with train.group_by_length={ts.get('group_by_length', False)}, "
+                     f"this run has {self.opt.group_by_length}: the rest of this epoch is a different order, so "
+                     "some of its samples repeat and others are skipped (not an exact resume)")
         self.best, self.last_eval = ts.get("best"), ts.get("last_eval")
         self.last_save_step = self.step
         self.log.truncate_after(self.step)
@@ -397,6 +401,7 @@ class Trainer:
         if self.info.is_main:
             state = {"position": self.position, "epoch": self.position / len(self.train_set),
                      "total_steps": self.total, "global_batch": self.global_batch,
+                     "group_by_length": self.opt.group_by_length,
                      "world_size": self.info.world_size, "best": self.best, "last_eval": self.last_eval}
             trainable = st.trainable_state(self.model) if self.peft else None
             st.write_checkpoint(self.run_dir, self.step, self.write_checkpoint_model, self.optimizer,
