@@ -4,6 +4,7 @@ lmms-eval adapter (not-installed error, request translation)."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -134,6 +135,20 @@ def test_cli_eval_on_a_saved_model(model_dir, tmp_path, capsys):
     assert "captcha: accuracy" in capsys.readouterr().out
     assert main(["eval", "--model", str(model_dir), "--task", "nope"]) == 2
     assert "unknown eval task 'nope'" in capsys.readouterr().err
+
+
+def test_cli_eval_refuses_to_resume_after_the_weights_at_the_model_path_changed(model_dir, tmp_path, capsys):
+    shutil.copytree(model_dir, tmp_path / "m")
+    args = ["eval", "--model", str(tmp_path / "m"), "--task", "captcha", "--limit", "2", "--batch-size", "1",
+            "--max-new-tokens", "2", "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main(args) == 0 and main(args) == 0  # same weights: resumes (nothing left to generate)
+    capsys.readouterr()
+    model, processor = vlmkit.load(tmp_path / "m")
+    with torch.no_grad():
+        model.language_model.get_input_embeddings().weight.mul_(2)
+    vlmkit.save(model, processor, tmp_path / "m")  # a newer checkpoint written to the same path
+    assert main(args) == 2
+    assert "model_weights differ" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------ lmms-eval

@@ -78,9 +78,16 @@ def _summary(results: dict[str, Any], out: Path) -> str:
     return f"{results['task']}: {shown} ({results['n_scored']} items scored) -> {out / 'results.md'}"
 
 
+def _model_path(spec: str | None, default: Path) -> Path | None:
+    """The directory a model spec loads from (None for a preset, which has no weight files)."""
+    path = default if spec is None else Path(spec).expanduser()
+    return path if path.is_dir() else None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..eval import EvalConfig, TaskSource, run_eval, score_predictions
-    from ..generation import Engine
+    from ..eval.runner import weights_fingerprint
+    from ..generation import Engine, default_model_dir
 
     if args.list_tasks:
         print(list_tasks())
@@ -100,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         model, processor = resolve_model(args.model, args.device)
         config = EvalConfig(task=args.task, out_dir=out, batch_size=args.batch_size, limit=args.limit,
                             seed=args.seed, prompt=template, max_new_tokens=args.max_new_tokens,
-                            model=str(args.model or "default"), progress=not args.no_progress)
+                            model=str(args.model or "default"), progress=not args.no_progress,
+                            model_weights=weights_fingerprint(_model_path(args.model, default_model_dir())))
         results = run_eval(Engine(model, processor), source, config)
     print(_summary(results, out))
     return 0

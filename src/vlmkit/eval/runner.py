@@ -5,8 +5,9 @@ This module owns the run loop and the output directory:
 - `predictions.jsonl`: one line per answer, appended (flushed and fsynced) after every batch, so an
   interrupted run resumes where it stopped; batches are fixed slices of the selected items and a batch that
   was cut short is generated again whole, so a resumed run gives the same predictions as an uninterrupted one;
-- `run.json`: what the predictions depend on (task, model, prompt, generation settings, batch size, item
-  ids); resuming with different settings is refused;
+- `run.json`: what the predictions depend on (task, model and its weight files, prompt, generation settings,
+  batch size, item ids); resuming with different settings, or after the weights at the model path changed, is
+  refused;
 - `results.json` / `results.md`: metrics and breakdowns (`report.py`).
 Subsets (`--limit N`) are drawn with `random.Random(seed)` (whole groups, kept in file order); decoding is
 greedy, so a run is deterministic.
@@ -42,7 +43,8 @@ TEXT_KEYS = ("prediction", "answer", "text", "caption")
 
 @dataclass
 class EvalConfig:
-    """How to run one task. `model` is only recorded (and checked when resuming)."""
+    """How to run one task. `model` and `model_weights` (see `weights_fingerprint`) are only recorded (and
+    checked when resuming)."""
 
     task: str
     out_dir: Path
@@ -52,7 +54,19 @@ class EvalConfig:
     prompt: str | None = None
     max_new_tokens: int | None = None
     model: str = ""
+    model_weights: str = ""
     progress: bool = True
+
+
+def weights_fingerprint(directory: str | Path | None) -> str:
+    """Name, size and modification time of every safetensors file under a model directory (adapters too),
+    hashed: a retrained or replaced checkpoint at the same path gets another fingerprint, without reading GBs."""
+    if directory is None:  # a preset built on the spot: no files to tie the predictions to
+        return ""
+    root = Path(directory)
+    files = sorted(root.rglob("*.safetensors"))
+    facts = [f"{f.relative_to(root)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16] if facts else ""
 
 
 # ------------------------------------------------------------------------------------------------- items
@@ -147,7 +161,8 @@ class PredictionLog:
 def run_record(config: EvalConfig, task: Task, template: str, max_new_tokens: int,
                items: Sequence[EvalItem]) -> dict[str, Any]:
     digest = hashlib.sha256("\n".join(it.id for it in items).encode()).hexdigest()
-    return {"task": task.name, "model": config.model, "prompt_template": template, "max_new_tokens": max_new_tokens,
+    return {"task": task.name, "model": config.model, "model_weights": config.model_weights,
+            "prompt_template": template, "max_new_tokens": max_new_tokens,
             "batch_size": config.batch_size, "limit": config.limit, "seed": config.seed, "items_sha256": digest,
             "n_items": len(items)}
 
