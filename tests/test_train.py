@@ -420,10 +420,10 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert stage5.model == stage4.output_dir + "/final" and stage5.output_dir == "runs/default_stage5"
     assert stage5.freeze.vision is False and stage5.freeze.connector is False  # the tower stays frozen
     assert stage5.train.lr < stage4.train.lr
-    later = [RunConfig.from_file(ROOT / "configs" / "default" / f"stage{i}.yaml") for i in range(6, 15)]
+    later = [RunConfig.from_file(ROOT / "configs" / "default" / f"stage{i}.yaml") for i in range(6, 16)]
     for i, (before, stage) in enumerate(zip([stage5, *later], later), start=6):  # each continues the one before
         assert stage.model == before.output_dir + "/final" and stage.output_dir == f"runs/default_stage{i}"
-    stage6, stage7, stage8, stage9, stage10, stage11, stage12, stage13, stage14 = later
+    stage6, stage7, stage8, stage9, stage10, stage11, stage12, stage13, stage14, stage15 = later
     assert stage6.model_overrides == ["image_positions=shared"]  # image tokens stop telling the LM where they are
     assert stage6.freeze.vision is False and stage6.freeze.connector is False
     assert stage7.freeze.vision is False and stage7.freeze.connector is False
@@ -432,14 +432,14 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert stage10.model_overrides == ["vision.image_size=128"]  # 64 image tokens from here on
     assert {e["kind"] for e in stage10.data.synthetic} == {"captcha"}
     # the whole model trains from stage 8 on, the tower and connector slower than the LM
-    for stage in (stage8, stage9, stage10, stage11, stage12, stage13, stage14):
+    for stage in (stage8, stage9, stage10, stage11, stage12, stage13, stage14, stage15):
         assert stage.freeze.vision and stage.freeze.connector and stage.freeze.language
         assert stage.train.vision_lr < stage.train.lr and stage.train.connector_lr < stage.train.lr
     from vlmkit.train.loop import synthetic_split
     model, _ = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"))
     assert sum(p.numel() for p in model.parameters()) < 7_500_000  # ships as <= 30 MB of fp32 safetensors
     assert model.num_image_tokens == 36
-    assert stage13.train.group_by_length and not stage12.train.group_by_length and stage14.train.group_by_length
+    assert all(s.train.group_by_length for s in (stage13, stage14, stage15)) and not stage12.train.group_by_length
     # the 160 px branch (not shipped): 100 image tokens, with the sincos2d positions of the 32x32 grid of 128 px
     branch = RunConfig.from_file(ROOT / "configs" / "default" / "branch_160px.yaml")
     assert branch.model == stage12.output_dir + "/final" and branch.output_dir == "runs/default_branch_160px"
@@ -449,7 +449,7 @@ def test_default_model_recipe_configs_are_valid() -> None:
     assert model_128.vision_tower.grid_size == (32, 32)
     processor_160 = vlmkit.build(str(ROOT / "configs" / "default" / "model.yaml"), branch.model_overrides)[1]
     processors = {"stage11": processor_128, "stage12": processor_128, "stage13": processor_128,
-                  "stage14": processor_128, "branch_160px": processor_160}
+                  "stage14": processor_128, "stage15": processor_128, "branch_160px": processor_160}
     assert processor_128.num_image_tokens == 64 and processor_160.num_image_tokens == 100
     assert processor_160.max_length == 320
     named = [(f"stage{i}", stage) for i, stage in enumerate(later[1:], start=7)] + [("branch_160px", branch)]
