@@ -64,8 +64,8 @@ def weights_fingerprint(directory: str | Path | None) -> str:
     if directory is None:  # a preset built on the spot: no files to tie the predictions to
         return ""
     root = Path(directory)
-    files = sorted(root.rglob("*.safetensors"))
-    facts = [f"{f.relative_to(root)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    stats = [(f.relative_to(root), f.stat()) for f in sorted(root.rglob("*.safetensors"))]
+    facts = [f"{name}:{st.st_size}:{st.st_mtime_ns}" for name, st in stats]
     return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16] if facts else ""
 
 
