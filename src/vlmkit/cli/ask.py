@@ -67,13 +67,20 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
     return GenerationConfig(do_sample=sample, **given)
 
 
+def model_directory(spec: str | None) -> Path | None:
+    """The directory a model spec loads from: the packaged default model for None, else `spec` if it is a
+    directory; None for anything else (a preset name, or a typo)."""
+    path = default_model_dir() if spec is None else Path(spec).expanduser()
+    return path if path.is_dir() else None
+
+
 def resolve_model(spec: str | None, device: str | None = None) -> tuple[VLMModel, VLMProcessor]:
     """A model directory -> `load`; a preset name -> `build` (untrained); None -> the packaged default model."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if spec is None:
         return load(default_model_dir(), device=device)
-    path = Path(spec).expanduser()
-    if path.is_dir():
+    path = model_directory(spec)
+    if path is not None:
         return load(path, device=device)
     if spec in list_presets():
         print(f"note: '{spec}' is a preset; it is built with random weights, so answers are noise",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VlmkitError
-from .ask import add_model_args, resolve_model
+from .ask import add_model_args, model_directory, resolve_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -78,16 +78,10 @@ def _summary(results: dict[str, Any], out: Path) -> str:
     return f"{results['task']}: {shown} ({results['n_scored']} items scored) -> {out / 'results.md'}"
 
 
-def _model_path(spec: str | None, default: Path) -> Path | None:
-    """The directory a model spec loads from (None for a preset, which has no weight files)."""
-    path = default if spec is None else Path(spec).expanduser()
-    return path if path.is_dir() else None
-
-
 def run(args: argparse.Namespace) -> int:
     from ..eval import EvalConfig, TaskSource, run_eval, score_predictions
     from ..eval.runner import weights_fingerprint
-    from ..generation import Engine, default_model_dir
+    from ..generation import Engine
 
     if args.list_tasks:
         print(list_tasks())
@@ -108,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         config = EvalConfig(task=args.task, out_dir=out, batch_size=args.batch_size, limit=args.limit,
                             seed=args.seed, prompt=template, max_new_tokens=args.max_new_tokens,
                             model=str(args.model or "default"), progress=not args.no_progress,
-                            model_weights=weights_fingerprint(_model_path(args.model, default_model_dir())))
+                            model_weights=weights_fingerprint(model_directory(args.model)))
         results = run_eval(Engine(model, processor), source, config)
     print(_summary(results, out))
     return 0

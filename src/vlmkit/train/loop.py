@@ -268,8 +268,9 @@ class Trainer:
         if ts.get("total_steps") != self.total:
             self.say(f"warning: {ckpt} belongs to a run of {ts.get('total_steps')} steps, this one has "
                      f"{self.total}: the learning-rate schedule changes length (not an exact resume)")
-        if bool(ts.get("group_by_length", False)) != self.opt.group_by_length:
-            self.say(f"warning: {ckpt} was trained with train.group_by_length={ts.get('group_by_length', False)}, "
+        grouped = bool(ts.get("group_by_length", False))  # checkpoints from before the option: ungrouped
+        if grouped != self.opt.group_by_length:
+            self.say(f"warning: {ckpt} was trained with train.group_by_length={grouped}, "
                      f"this run has {self.opt.group_by_length}: the rest of this epoch is a different order, so "
                      "some of its samples repeat and others are skipped (not an exact resume)")
         self.best, self.last_eval = ts.get("best"), ts.get("last_eval")
